@@ -1,0 +1,148 @@
+"""Image-to-triplane decoder: learnable triplane tokens attend to the image tokens, modulated by the camera."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from nerfstudio.configs.base_config import InstantiateConfig
+from torch import Tensor, nn
+
+
+@dataclass
+class TriplaneTransformerConfig(InstantiateConfig):
+    """Configuration for :class:`TriplaneTransformer`."""
+
+    _target: type = field(default_factory=lambda: TriplaneTransformer)
+    triplane_low_res: int = 32
+    """Side n of each token plane (3 n^2 tokens; paper: 32)."""
+    inner_dim: int = 1024
+    """Token width D (paper: 1024)."""
+    num_layers: int = 16
+    """Number of decoder layers (paper: 16)."""
+    num_heads: int = 16
+    """Attention heads; `inner_dim` must be divisible by it."""
+    mlp_ratio: float = 4.0
+    """MLP hidden width as a multiple of `inner_dim`."""
+    cond_dim: int = 768
+    """Width D_enc of the image tokens (the encoder's `out_dim`)."""
+    mod_dim: int = 1024
+    """Width D_mod of the camera embedding."""
+    eps: float = 1e-6
+    """LayerNorm epsilon."""
+
+
+class ModLN(nn.Module):
+    """LayerNorm without affine, modulated by a conditioning vector: `norm(x) * (1 + scale) + shift` (DiT adaLN)."""
+
+    def __init__(self, dim: int, mod_dim: int, eps: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, eps=eps, elementwise_affine=False)
+        self.mod = nn.Sequential(nn.SiLU(), nn.Linear(mod_dim, 2 * dim))
+        # Zero init: training starts as a plain LayerNorm and the camera's influence is learnt.
+        nn.init.zeros_(self.mod[1].weight)
+        nn.init.zeros_(self.mod[1].bias)
+
+    def forward(self, x: Float[Tensor, "B L D"], mod: Float[Tensor, "B D_mod"]) -> Float[Tensor, "B L D"]:
+        shift, scale = self.mod(mod).unsqueeze(1).chunk(2, dim=-1)
+        return self.norm(x) * (1 + scale) + shift
+
+
+class TriplaneTransformerLayer(nn.Module):
+    """One decoder layer: modLN -> cross-attention -> modLN -> self-attention -> modLN -> MLP, each residual."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, cond_dim: int, mod_dim: int, eps: float) -> None:
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"inner_dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.norm_cross = ModLN(dim, mod_dim, eps)
+        self.cross_q = nn.Linear(dim, dim)
+        # Keys and values of the image tokens in one matmul (one GEMM of twice the width runs closer to peak).
+        self.cross_kv = nn.Linear(cond_dim, 2 * dim)
+        self.cross_out = nn.Linear(dim, dim)
+        self.norm_self = ModLN(dim, mod_dim, eps)
+        self.self_qkv = nn.Linear(dim, 3 * dim)
+        self.self_out = nn.Linear(dim, dim)
+        self.norm_mlp = ModLN(dim, mod_dim, eps)
+        hidden = round(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def _heads(self, x: Tensor) -> Tensor:
+        b, length, d = x.shape
+        return x.view(b, length, self.num_heads, d // self.num_heads).transpose(1, 2)
+
+    def _merge(self, x: Tensor) -> Tensor:
+        b, h, length, dh = x.shape
+        return x.transpose(1, 2).reshape(b, length, h * dh)
+
+    def forward(
+        self, x: Float[Tensor, "B L D"], cond: Float[Tensor, "B T D_enc"], mod: Float[Tensor, "B D_mod"]
+    ) -> Float[Tensor, "B L D"]:
+        h = self.norm_cross(x, mod)
+        q = self._heads(self.cross_q(h))
+        k, v = (self._heads(t) for t in self.cross_kv(cond).chunk(2, dim=-1))
+        x = x + self.cross_out(self._merge(F.scaled_dot_product_attention(q, k, v)))
+
+        h = self.norm_self(x, mod)
+        q, k, v = (self._heads(t) for t in self.self_qkv(h).chunk(3, dim=-1))
+        x = x + self.self_out(self._merge(F.scaled_dot_product_attention(q, k, v)))
+
+        return x + self.mlp(self.norm_mlp(x, mod))
+
+
+class TriplaneTransformer(nn.Module):
+    """Image-to-triplane decoder of LRM (Hong et al. 2023, §3.2 "Image-to-triplane decoder").
+
+    Learnable position tokens shaped 3 x n x n x D (one per texel of the three low-resolution planes) pass through
+    `num_layers` layers of cross-attention to the image tokens, self-attention over all 3 n^2 tokens and an MLP.
+    Every norm before them is modulated by the camera embedding (§3.2 "Camera features", adaLN). A final LayerNorm
+    closes the stack.
+    """
+
+    def __init__(self, config: TriplaneTransformerConfig) -> None:
+        super().__init__()
+        self.config = config
+        n, d = config.triplane_low_res, config.inner_dim
+        self.out_dim: int = d
+        """Channels D of the output planes."""
+        # Small random init as in ViT position embeddings; the tokens are the only thing telling texels apart.
+        self.pos_embed = nn.Parameter(torch.randn(3, n, n, d) * (1.0 / math.sqrt(d)))
+        self.layers = nn.ModuleList(
+            TriplaneTransformerLayer(d, config.num_heads, config.mlp_ratio, config.cond_dim, config.mod_dim, config.eps)
+            for _ in range(config.num_layers)
+        )
+        self.norm = nn.LayerNorm(d, eps=config.eps)
+
+    def forward(
+        self, image_tokens: Float[Tensor, "B T D_enc"], camera_embedding: Float[Tensor, "B D_mod"]
+    ) -> Float[Tensor, "B 3 D n n"]:
+        """Decode image tokens into token planes, ordered XY, XZ, YZ (plane index first, then rows, then columns)."""
+        b = image_tokens.shape[0]
+        n, d = self.config.triplane_low_res, self.config.inner_dim
+        x = self.pos_embed.reshape(1, 3 * n * n, d).expand(b, -1, -1)
+        for layer in self.layers:
+            x = layer(x, image_tokens, camera_embedding)
+        x = self.norm(x)
+        return x.view(b, 3, n, n, d).permute(0, 1, 4, 2, 3).contiguous()
+
+    def matmul_flops(self, batch: int, num_image_tokens: int) -> int:
+        """Multiply-add FLOPs (2 per MAC) of the forward pass's Linear and attention matmuls."""
+        c = self.config
+        length, d, t = 3 * c.triplane_low_res**2, c.inner_dim, num_image_tokens
+        hidden = round(d * c.mlp_ratio)
+        per_layer = (
+            length * d * d  # cross q
+            + t * c.cond_dim * 2 * d  # cross kv
+            + 2 * length * t * d  # cross QK^T and AV
+            + length * d * d  # cross out
+            + length * d * 3 * d  # self qkv
+            + 2 * length * length * d  # self QK^T and AV
+            + length * d * d  # self out
+            + 2 * length * d * hidden  # MLP
+            + 3 * c.mod_dim * 2 * d  # modulation linears (tiny)
+        )
+        return 2 * batch * c.num_layers * per_layer
