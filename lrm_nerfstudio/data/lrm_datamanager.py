@@ -1,0 +1,708 @@
+"""DataManager for LRM training (Hong et al. 2023, §3.3): per step, B objects, each with one source view (the
+encoder input) and M target views that are resized to a random resolution and supervised on one random patch.
+
+Layout and batch keys follow docs/ARCHITECTURE.md ("What the DataManager gives the pipeline"). Images are loaded per
+object, on demand, by a torch DataLoader over an object-level dataset (no global image cache, so memory is flat in the
+number of objects). All random choices are drawn from generators seeded by (seed, step, rank, slot), never from
+global RNG state; the object order is a per-epoch seeded permutation sharded by rank (`perm[rank::world_size]`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from nerfstudio.cameras.cameras import Cameras, CameraType
+from nerfstudio.cameras.rays import RayBundle
+from nerfstudio.data.datamanagers.base_datamanager import DataManager, VanillaDataManager, VanillaDataManagerConfig
+from nerfstudio.data.dataparsers.base_dataparser import DataparserOutputs
+from nerfstudio.data.datasets.base_dataset import InputDataset
+from nerfstudio.data.pixel_samplers import PixelSamplerConfig
+from nerfstudio.model_components.ray_generators import RayGenerator
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from lrm_nerfstudio.cameras import CANONICAL_DISTANCE, CANONICAL_FOCAL, camera_vector, look_at, spherical_eye
+from lrm_nerfstudio.data.dataset_format import (
+    DatasetFormatError,
+    ObjectViews,
+    check_image_size,
+    load_depth,
+    load_rgba,
+)
+from lrm_nerfstudio.data.lrm_dataparser import LRMDataParser, LRMDataParserConfig, unit_scene_box
+
+Background = Literal["white", "black", "random", "random_per_step"]
+
+
+@dataclass
+class LRMDataManagerConfig(VanillaDataManagerConfig):
+    """Multi-object LRM data: B objects x (1 source + M target patches) per step."""
+
+    _target: type = field(default_factory=lambda: LRMDataManager)
+    """Target class to instantiate."""
+    dataparser: LRMDataParserConfig = field(default_factory=LRMDataParserConfig)
+    """Reads dataset.json (or a single image for inference)."""
+    objects_per_batch: int = 4
+    """B: objects per training step."""
+    target_views_per_object: int = 4
+    """M: supervised target views per object."""
+    patch_size: int = 32
+    """Side of the square patch supervised per target view (patch_size**2 rays per view)."""
+    render_resolution_range: tuple[int, int] = (64, 128)
+    """(min, max) width a target view is resized to before a random patch is cropped."""
+    source_resolution: int = 64
+    """Side of the square source image fed to the encoder."""
+    background: Background = "white"
+    """Background: white, black, random (one colour per object, shared by its source and targets) or
+    random_per_step (one colour for the whole step)."""
+    eval_background: Literal["white", "black"] = "white"
+    """Background of eval images and of the display object."""
+    eval_resolution: int = 128
+    """Width of full eval / display views (height keeps the aspect ratio)."""
+    num_workers: int = 2
+    """DataLoader worker processes for training batches (0 = load in the main process)."""
+    seed: int = 0
+    """Seed of object order and every per-step random choice."""
+    source_view: Literal["canonical", "random"] = "canonical"
+    """Source view: canonical = view 0 (the canonical front view); random = any view."""
+    display_object: str | None = None
+    """Object id or image path shown in test mode / the viewer; None = first test, else val, else train object."""
+    max_display_views: int = 32
+    """At most this many views of the display object (viewer cameras, test-mode rays)."""
+    load_depth: bool = False
+    """Also return batch["depth"] (z-depth in world units) from the 16-bit depth PNGs."""
+    depth_unit_scale_factor: float = 1e-3
+    """Depth PNG value times this = depth in world units."""
+    train_num_rays_per_batch: int = 4096
+    """Rays per batch in test mode (ns-export overrides it); training batches have B*M*patch_size**2 rays."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        lo, hi = self.render_resolution_range
+        if not (self.patch_size <= lo <= hi):
+            raise ValueError(
+                f"render_resolution_range {self.render_resolution_range} must satisfy patch_size <= min <= max"
+            )
+        if self.objects_per_batch < 1 or self.target_views_per_object < 1:
+            raise ValueError("objects_per_batch and target_views_per_object must be >= 1")
+
+
+# ------------------------------------------------------------------------------------------------------ helpers
+def _rng(*parts: int) -> np.random.Generator:
+    """Generator seeded from integers only (independent of global RNG state)."""
+    return np.random.default_rng([int(p) % (2**32) for p in parts])
+
+
+def _bg_color(mode: str, rng: np.random.Generator) -> np.ndarray:
+    if mode == "white":
+        return np.ones(3, np.float32)
+    if mode == "black":
+        return np.zeros(3, np.float32)
+    return rng.random(3).astype(np.float32)
+
+
+def _resize(x: Tensor, hw: tuple[int, int], mode: str = "bilinear") -> Tensor:
+    """[C, H, W] -> [C, h, w]; antialiased when shrinking."""
+    if tuple(x.shape[-2:]) == tuple(hw):
+        return x
+    if mode == "nearest":
+        return F.interpolate(x[None], size=hw, mode="nearest")[0]
+    return F.interpolate(x[None], size=hw, mode="bilinear", antialias=True, align_corners=False)[0]
+
+
+def _premultiplied(rgba: np.ndarray) -> Tensor:
+    """HxWx4 straight alpha -> [4, H, W] premultiplied (so resizing does not bleed background into edges)."""
+    t = torch.from_numpy(rgba).permute(2, 0, 1)
+    return torch.cat([t[:3] * t[3:], t[3:]], 0)
+
+
+def _composite(prem: Tensor, bg: np.ndarray) -> tuple[Tensor, Tensor]:
+    """Premultiplied [4, h, w] -> (rgb [3, h, w] on bg, alpha [1, h, w])."""
+    alpha = prem[3:].clamp(0, 1)
+    rgb = prem[:3] + torch.from_numpy(bg)[:, None, None] * (1 - alpha)
+    return rgb.clamp(0, 1), alpha
+
+
+def _scaled_size(width: int, height: int, new_width: int, min_side: int = 1) -> tuple[int, int]:
+    return new_width, max(min_side, int(round(height * new_width / width)))
+
+
+def ring_cameras(resolution: int = 128, n_azimuth: int = 8, elevations: tuple[float, ...] = (-30.0, 30.0)) -> Cameras:
+    """Synthetic cameras around the origin (distance 2, canonical focal) for single-image inference."""
+    c2ws = [
+        look_at(spherical_eye(CANONICAL_DISTANCE, az, el))
+        for el in elevations
+        for az in np.linspace(0.0, 360.0, n_azimuth, endpoint=False)
+    ]
+    n = len(c2ws)
+    f = CANONICAL_FOCAL * resolution
+    return Cameras(
+        camera_to_worlds=torch.from_numpy(np.stack(c2ws)).float(),
+        fx=torch.full((n, 1), f),
+        fy=torch.full((n, 1), f),
+        cx=torch.full((n, 1), resolution / 2),
+        cy=torch.full((n, 1), resolution / 2),
+        width=torch.full((n, 1), resolution, dtype=torch.long),
+        height=torch.full((n, 1), resolution, dtype=torch.long),
+        camera_type=CameraType.PERSPECTIVE,
+    )
+
+
+class _Item(NamedTuple):
+    """One object slot of one step, as passed to the object-level dataset."""
+
+    kind: int  # 0 train, 1 eval
+    split: str
+    object_id: str
+    step: int
+    slot: int
+    end_epoch: int
+    end_index: int
+
+
+class ObjectViewsDataset(Dataset):
+    """Object-level dataset: an item descriptor -> one source image + M target patches of that object.
+
+    Holds no decoded images; each call decodes the PNGs it needs.
+    """
+
+    def __init__(self, parser: LRMDataParser, config: LRMDataManagerConfig, rank: int = 0):
+        self.parser = parser
+        self.config = config
+        self.rank = rank
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.parser.list_objects().values())
+
+    def load_view(self, obj: ObjectViews, view: int) -> np.ndarray:
+        """Decoded RGBA of one view, checked against transforms.json's size."""
+        rgba = load_rgba(obj.image_paths[view])
+        check_image_size(obj, view, rgba.shape[1], rgba.shape[0])
+        return rgba
+
+    def source(self, obj: ObjectViews, view: int, bg: np.ndarray) -> tuple[Tensor, Tensor]:
+        """(source image [3, S, S] on bg, camera vector [16]) of one view."""
+        s = self.config.source_resolution
+        rgb, _ = _composite(_resize(_premultiplied(self.load_view(obj, view)), (s, s)), bg)
+        fx, fy, cx, cy, w, h = (torch.tensor(float(v)) for v in obj.intrinsics[view])
+        cam = camera_vector(torch.from_numpy(obj.c2w[view]).float(), fx, fy, cx, cy, w, h).float()
+        return rgb, cam
+
+    def _depth(self, obj: ObjectViews, view: int) -> Tensor:
+        if obj.depth_paths is None:
+            raise DatasetFormatError(
+                f"{obj.root / 'transforms.json'}: load_depth is set but frames lack depth_file_path"
+            )
+        d = load_depth(obj.depth_paths[view], self.config.depth_unit_scale_factor)
+        return torch.from_numpy(d)[None]
+
+    def _sample(self, obj: ObjectViews, rng: np.random.Generator, bg: np.ndarray) -> dict[str, Any]:
+        cfg = self.config
+        n_views, m, p = len(obj), cfg.target_views_per_object, cfg.patch_size
+        src = 0 if cfg.source_view == "canonical" else int(rng.integers(n_views))
+        others = [v for v in range(n_views) if v != src] or [src]
+        targets = rng.choice(others, size=m, replace=len(others) < m)
+        src_img, src_cam = self.source(obj, src, bg)
+        lo, hi = cfg.render_resolution_range
+        imgs, alphas, depths, c2w, intr = [], [], [], [], []
+        for t in targets.tolist():
+            fx, fy, cx, cy, w, h = obj.intrinsics[t]
+            new_w, new_h = _scaled_size(int(w), int(h), int(rng.integers(lo, hi + 1)), min_side=p)
+            prem = _resize(_premultiplied(self.load_view(obj, t)), (new_h, new_w))
+            y0, x0 = int(rng.integers(0, new_h - p + 1)), int(rng.integers(0, new_w - p + 1))
+            rgb, alpha = _composite(prem[:, y0 : y0 + p, x0 : x0 + p], bg)
+            imgs.append(rgb.permute(1, 2, 0))
+            alphas.append(alpha.permute(1, 2, 0))
+            if cfg.load_depth:
+                d = _resize(self._depth(obj, t), (new_h, new_w), mode="nearest")
+                depths.append(d[0, y0 : y0 + p, x0 : x0 + p, None])
+            sx, sy = new_w / w, new_h / h
+            intr.append([fx * sx, fy * sy, cx * sx - x0, cy * sy - y0])
+            c2w.append(obj.c2w[t])
+        out = {
+            "object_id": obj.object_id,
+            "image": torch.stack(imgs),  # [M, p, p, 3]
+            "alpha": torch.stack(alphas),
+            "c2w": torch.from_numpy(np.stack(c2w)).float(),
+            "intrinsics": torch.tensor(intr, dtype=torch.float32),  # patch camera fx, fy, cx, cy
+            "source_image": src_img,
+            "source_camera": src_cam,
+            "background": torch.from_numpy(bg),
+        }
+        if cfg.load_depth:
+            out["depth"] = torch.stack(depths)
+        return out
+
+    def __getitem__(self, item: _Item) -> dict[str, Any]:
+        cfg = self.config
+        rng = _rng(cfg.seed, item.kind, item.step, self.rank, item.slot)
+        if cfg.background == "random_per_step":
+            bg = _bg_color("random", _rng(cfg.seed, item.kind, item.step, self.rank, 2**31 - 1))
+        else:
+            bg = _bg_color(cfg.background, rng)
+        object_id = item.object_id
+        for _ in range(20):
+            try:
+                out = self._sample(self.parser.load_object(object_id), rng, bg)
+                break
+            except DatasetFormatError as err:
+                self.parser.mark_bad(object_id, str(err))
+                if not self.parser.config.skip_bad_objects:
+                    return {"error": str(err)}  # re-raised in the main process with the path-first message
+                warnings.warn(f"skipping bad object {object_id!r}: {err}", UserWarning, stacklevel=2)
+                ids = self.parser.object_ids(item.split)
+                object_id = ids[int(rng.integers(len(ids)))]
+        else:
+            return {"error": f"{self.parser.data}: too many bad objects in split {item.split!r}"}
+        out["step"], out["end_pos"] = item.step, (item.end_epoch, item.end_index)
+        return out
+
+
+def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    for it in items:
+        if "error" in it:
+            return {"error": it["error"]}
+    out: dict[str, Any] = {k: torch.stack([it[k] for it in items]) for k in items[0] if isinstance(items[0][k], Tensor)}
+    out["object_ids"] = [it["object_id"] for it in items]
+    out["step"], out["end_pos"] = items[0]["step"], items[-1]["end_pos"]
+    return out
+
+
+class _StepPlan:
+    """Infinite batch sampler: lists of B `_Item`s for consecutive steps from a sampler position.
+
+    Epoch e visits `perm_e[rank::world_size]` (same length on every rank), perm_e seeded by (seed, e).
+    """
+
+    def __init__(self, dm: LRMDataManager, kind: int, split: str, epoch: int, index: int, step: int):
+        self.dm, self.kind, self.split = dm, kind, split
+        self.epoch, self.index, self.step = epoch, index, step
+
+    def __iter__(self) -> Iterator[list[_Item]]:
+        while True:
+            yield self.next_items()
+
+    def next_items(self) -> list[_Item]:
+        ids = self.dm._shard(self.split, self.epoch)
+        chosen = []
+        for _ in range(self.dm.config.objects_per_batch):
+            if self.index >= len(ids):
+                self.epoch, self.index = self.epoch + 1, 0
+                ids = self.dm._shard(self.split, self.epoch)
+            chosen.append(ids[self.index])
+            self.index += 1
+        items = [
+            _Item(self.kind, self.split, oid, self.step, b, self.epoch, self.index) for b, oid in enumerate(chosen)
+        ]
+        self.step += 1
+        return items
+
+
+class DisplayViewsDataset(InputDataset):
+    """A small in-memory InputDataset over the display object's views (viewer cameras and thumbnails)."""
+
+    def __init__(self, outputs: DataparserOutputs, images: Float[Tensor, "V H W 3"], alphas: Float[Tensor, "V H W 1"]):
+        super().__init__(outputs)
+        self.images, self.alphas = images, alphas
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def get_numpy_image(self, image_idx: int) -> np.ndarray:
+        return (self.images[image_idx].numpy() * 255).round().astype(np.uint8)
+
+    def get_image_float32(self, image_idx: int) -> Float[Tensor, "H W 3"]:
+        return self.images[image_idx]
+
+    def get_data(self, image_idx: int, image_type: Literal["uint8", "float32"] = "float32") -> dict:
+        image = self.get_image_float32(image_idx)
+        if image_type == "uint8":
+            image = torch.from_numpy(self.get_numpy_image(image_idx))
+        return {"image_idx": image_idx, "image": image, "alpha": self.alphas[image_idx]}
+
+
+# ------------------------------------------------------------------------------------------------- datamanager
+class LRMDataManager(VanillaDataManager):
+    """Multi-object LRM data manager (see module docstring and ARCHITECTURE.md).
+
+    A VanillaDataManager subclass so that `ns-export` accepts it, but VanillaDataManager.__init__ (which loads every
+    image) is not called.
+    """
+
+    config: LRMDataManagerConfig
+    dataparser: LRMDataParser
+
+    def __init__(
+        self,
+        config: LRMDataManagerConfig,
+        device: torch.device | str = "cpu",
+        test_mode: Literal["test", "val", "inference"] = "val",
+        world_size: int = 1,
+        local_rank: int = 0,
+        **kwargs,
+    ):
+        self.config = config
+        self.device = device
+        self.world_size = max(1, int(world_size))
+        self.local_rank = int(local_rank)
+        self.test_mode = test_mode
+        self.test_split = "test" if test_mode in ("test", "inference") else "val"
+        self.includes_time = False
+        self.sampler = None
+        self.exclude_batch_keys_from_device: list[str] = []
+        if config.data is not None:
+            config.dataparser.data = Path(config.data)
+        else:
+            config.data = config.dataparser.data
+        self.dataparser_config = config.dataparser
+        self.dataparser = config.dataparser.setup()
+        self.objects = ObjectViewsDataset(self.dataparser, config, rank=self.local_rank)
+        self._pos: dict[str, list[int]] = {"train": [0, 0], "eval": [0, 0]}
+        self._shards: dict[tuple[str, int], list[str]] = {}
+        self._train_iter: Iterator[dict[str, Any]] | None = None
+        self._train_iter_step: int | None = None
+        self.train_pixel_sampler = PixelSamplerConfig(num_rays_per_batch=config.train_num_rays_per_batch).setup()
+        self.eval_pixel_sampler = None
+        DataManager.__init__(self)  # nn.Module init; train_dataset is still None so it sets nothing else up
+        self.set_display_object(config.display_object or self._default_display())
+
+    # ----------------------------------------------------------------------------------------- nerfstudio hooks
+    def setup_train(self):
+        """Nothing to do: the training loader is built on the first `next_train`."""
+
+    def setup_eval(self):
+        """Nothing to do: eval objects load on demand."""
+
+    def get_datapath(self) -> Path:
+        return Path(self.config.dataparser.data)
+
+    def get_param_groups(self) -> dict[str, list[torch.nn.Parameter]]:
+        return {}
+
+    def get_train_rays_per_batch(self) -> int:
+        if self.test_mode != "val":
+            return self.train_pixel_sampler.num_rays_per_batch
+        c = self.config
+        return c.objects_per_batch * c.target_views_per_object * c.patch_size**2
+
+    def get_eval_rays_per_batch(self) -> int:
+        c = self.config
+        return c.objects_per_batch * c.target_views_per_object * c.patch_size**2
+
+    def list_objects(self) -> dict[str, list[str]]:
+        """Split -> object ids."""
+        return self.dataparser.list_objects()
+
+    # --------------------------------------------------------------------------------------------- state
+    def get_extra_state(self) -> dict[str, Any]:
+        """Sampler positions (epoch, index) for train and eval; saved with the pipeline's state_dict."""
+        return {"train": list(self._pos["train"]), "eval": list(self._pos["eval"]), "seed": self.config.seed}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        """Restores sampler positions so a resumed run continues with the same objects."""
+        self._pos = {"train": [int(v) for v in state["train"]], "eval": [int(v) for v in state["eval"]]}
+        self._train_iter = None
+
+    # --------------------------------------------------------------------------------------------- sampling
+    def _eval_split(self) -> str:
+        objs = self.dataparser.list_objects()
+        for s in ("val", "test"):
+            if objs.get(s):
+                return s
+        raise DatasetFormatError(f"{self.dataparser.data}: no val or test objects to evaluate on")
+
+    def _shard(self, split: str, epoch: int) -> list[str]:
+        key = (split, epoch)
+        if key not in self._shards:
+            ids = self.dataparser.object_ids(split)
+            if len(ids) < self.world_size:
+                raise DatasetFormatError(
+                    f"{self.dataparser.data}: split {split!r} has {len(ids)} objects, fewer than {self.world_size} ranks"
+                )
+            g = torch.Generator().manual_seed(int(self.config.seed) * 1_000_003 + epoch)
+            perm = torch.randperm(len(ids), generator=g)
+            per_rank = len(ids) // self.world_size
+            mine = perm[self.local_rank :: self.world_size][:per_rank].tolist()
+            if len(self._shards) > 4:
+                self._shards.clear()
+            self._shards[key] = [ids[i] for i in mine]
+        return self._shards[key]
+
+    def _make_loader(self, step: int) -> Iterator[dict[str, Any]]:
+        epoch, index = self._pos["train"]
+        plan = _StepPlan(self, 0, "train", epoch, index, step)
+        nw = self.config.num_workers
+        loader = DataLoader(
+            self.objects,
+            batch_sampler=plan,
+            num_workers=nw,
+            collate_fn=_collate,
+            worker_init_fn=_worker_init if nw > 0 else None,
+            prefetch_factor=2 if nw > 0 else None,
+        )
+        return iter(loader)
+
+    def _check_training_data(self, split: str) -> None:
+        if self.dataparser.inference_only:
+            raise DatasetFormatError(
+                f"{self.dataparser.data}: a single image is inference only; training needs a dataset folder"
+            )
+        if not self.dataparser.object_ids(split):
+            raise DatasetFormatError(f"{self.dataparser.data / 'dataset.json'}: split {split!r} has no objects")
+
+    def _assemble(self, data: dict[str, Any]) -> tuple[RayBundle, dict[str, Any]]:
+        if "error" in data:
+            raise DatasetFormatError(data["error"])
+        n_obj, m, p = data["image"].shape[:3]
+        c2w = data["c2w"].reshape(n_obj * m, 3, 4)
+        intr = data["intrinsics"].reshape(n_obj * m, 4)
+        cams = Cameras(
+            camera_to_worlds=c2w,
+            fx=intr[:, 0:1],
+            fy=intr[:, 1:2],
+            cx=intr[:, 2:3],
+            cy=intr[:, 3:4],
+            width=p,
+            height=p,
+            camera_type=CameraType.PERSPECTIVE,
+        )
+        coords = cams.get_image_coords(index=(0,)).reshape(1, p * p, 2).expand(n_obj * m, -1, -1).reshape(-1, 2)
+        cam_idx = torch.arange(n_obj * m).repeat_interleave(p * p)[:, None]
+        ray_bundle = cams.generate_rays(camera_indices=cam_idx, coords=coords, disable_distortion=True)
+        obj_idx = torch.arange(n_obj).repeat_interleave(m * p * p)[:, None]
+        ray_bundle.camera_indices = obj_idx
+        bg = data["background"][obj_idx[:, 0]]
+        ray_bundle.metadata = {"object_index": obj_idx, "background_color": bg}
+        batch: dict[str, Any] = {
+            "image": data["image"].reshape(-1, 3),
+            "alpha": data["alpha"].reshape(-1, 1),
+            "source_images": data["source_image"],
+            "source_cameras": data["source_camera"],
+            "patch_hw": (int(p), int(p)),
+            "object_ids": data["object_ids"],
+        }
+        if "depth" in data:
+            batch["depth"] = data["depth"].reshape(-1, 1)
+        return self._to_device(ray_bundle, batch)
+
+    def _to_device(self, ray_bundle: RayBundle, batch: dict[str, Any]) -> tuple[RayBundle, dict[str, Any]]:
+        ray_bundle = ray_bundle.to(self.device)
+        for k, v in batch.items():
+            if isinstance(v, Tensor) and k not in self.exclude_batch_keys_from_device:
+                batch[k] = v.to(self.device)
+        return ray_bundle, batch
+
+    def next_train(self, step: int) -> tuple[RayBundle, dict]:
+        """Training rays of B objects x M target patches (ARCHITECTURE.md); in test mode, display-object rays."""
+        self.train_count += 1
+        if self.test_mode != "val":
+            return self._next_display_rays()
+        self._check_training_data("train")
+        if self._train_iter is None or self._train_iter_step != step:
+            self._train_iter = self._make_loader(step)
+        data = next(self._train_iter)
+        if "error" not in data:
+            assert data["step"] == step, (data["step"], step)
+            self._pos["train"] = list(data["end_pos"])
+        self._train_iter_step = step + 1
+        return self._assemble(data)
+
+    def next_eval(self, step: int) -> tuple[RayBundle, dict]:
+        """Same as training batches but over val objects (test if there is no val split); loaded in-process."""
+        self.eval_count += 1
+        split = self._eval_split()
+        epoch, index = self._pos["eval"]
+        items = _StepPlan(self, 1, split, epoch, index, step).next_items()
+        data = _collate([self.objects[it] for it in items])
+        if "error" not in data:
+            self._pos["eval"] = list(data["end_pos"])
+        return self._assemble(data)
+
+    # --------------------------------------------------------------------------------------------- full views
+    def _eval_bg(self) -> np.ndarray:
+        return _bg_color(self.config.eval_background, _rng(0))
+
+    def full_view(
+        self,
+        obj: ObjectViews,
+        view: int,
+        resolution: int | None = None,
+        bg: np.ndarray | None = None,
+        size: tuple[int, int] | None = None,
+    ) -> tuple[Cameras, Float[Tensor, "H W 3"], Float[Tensor, "H W 1"]]:
+        """One whole view resized to `resolution` wide (or to `size` = (h, w)): (Cameras [1], rgb on bg, alpha)."""
+        bg = self._eval_bg() if bg is None else bg
+        fx, fy, cx, cy, w, h = obj.intrinsics[view]
+        if size is not None:
+            new_h, new_w = size
+        else:
+            new_w, new_h = _scaled_size(int(w), int(h), resolution or self.config.eval_resolution)
+        rgb, alpha = _composite(_resize(_premultiplied(self.objects.load_view(obj, view)), (new_h, new_w)), bg)
+        sx, sy = new_w / w, new_h / h
+        cam = Cameras(
+            camera_to_worlds=torch.from_numpy(obj.c2w[view : view + 1]).float(),
+            fx=float(fx * sx),
+            fy=float(fy * sy),
+            cx=float(cx * sx),
+            cy=float(cy * sy),
+            width=new_w,
+            height=new_h,
+            camera_type=CameraType.PERSPECTIVE,
+        )
+        return cam, rgb.permute(1, 2, 0), alpha.permute(1, 2, 0)
+
+    def _eval_view_batch(self, object_id: str, view: int) -> tuple[Cameras, dict[str, Any]]:
+        obj = self.dataparser.load_object(object_id)
+        bg = self._eval_bg()
+        cam, rgb, alpha = self.full_view(obj, view, bg=bg)
+        src_img, src_cam = self.objects.source(obj, 0, bg)
+        batch = {
+            "image": rgb,
+            "alpha": alpha,
+            "source_images": src_img[None],
+            "source_cameras": src_cam[None],
+            "background_color": torch.from_numpy(bg),
+            "object_ids": [object_id],
+            "view_index": view,
+        }
+        if self.config.load_depth:
+            d = _resize(self.objects._depth(obj, view), (rgb.shape[0], rgb.shape[1]), mode="nearest")
+            batch["depth"] = d[0, :, :, None]
+        for k, v in batch.items():
+            if isinstance(v, Tensor):
+                batch[k] = v.to(self.device)
+        return cam.to(self.device), batch
+
+    def next_eval_image(self, step: int) -> tuple[Cameras, dict]:
+        """One full held-out target view (eval_resolution) of a held-out object, with its canonical source."""
+        ids = self.dataparser.object_ids(self._eval_split())
+        rng = _rng(self.config.seed, 2, step, self.local_rank)
+        oid = ids[int(rng.integers(len(ids)))]
+        n_views = len(self.dataparser.load_object(oid))
+        view = int(rng.integers(1, n_views)) if n_views > 1 else 0
+        return self._eval_view_batch(oid, view)
+
+    def iter_eval_views(
+        self, split: str = "test", max_objects: int | None = None, views_per_object: int | None = None
+    ) -> Iterator[tuple[Cameras, dict]]:
+        """Every held-out view (views 1.., source = canonical view 0) of the objects of `split`.
+
+        Args:
+            split: "test", "val" or "train".
+            max_objects: first this many objects (all if None).
+            views_per_object: first this many non-source views per object (all if None).
+        """
+        ids = self.dataparser.object_ids(split)
+        for oid in ids[:max_objects] if max_objects is not None else ids:
+            n_views = len(self.dataparser.load_object(oid))
+            views = list(range(1, n_views)) or [0]
+            for view in views[:views_per_object] if views_per_object is not None else views:
+                yield self._eval_view_batch(oid, view)
+
+    # --------------------------------------------------------------------------------------------- display
+    def _default_display(self) -> str:
+        if self.dataparser.inference_only:
+            return str(self.dataparser.data)
+        objs = self.dataparser.list_objects()
+        for s in ("test", "val", "train"):
+            if objs.get(s):
+                return objs[s][0]
+        raise DatasetFormatError(f"{self.dataparser.data}: no objects")
+
+    def _is_object(self, ref: str) -> bool:
+        return self.dataparser.index is not None and self.dataparser.split_of(ref) is not None
+
+    def _photo_source(self, path: Path) -> Float[Tensor, "3 H W"]:
+        """A user's photo -> source image; swap in image_preprocess once it exists."""
+        s = self.config.source_resolution
+        try:
+            from lrm_nerfstudio.data.image_preprocess import preprocess_image  # type: ignore
+        except ImportError:
+            preprocess_image = None
+        if preprocess_image is not None:
+            out = preprocess_image(path, resolution=s)
+            img = out[0] if isinstance(out, tuple) else out
+            img = torch.as_tensor(np.asarray(img) if not isinstance(img, Tensor) else img).float()
+            if img.shape[0] not in (3, 4):
+                img = img.permute(2, 0, 1)
+            return _resize(img[:3], (s, s))
+        rgb, _ = _composite(_resize(_premultiplied(load_rgba(path)), (s, s)), self._eval_bg())
+        return rgb
+
+    def get_display_source(self, ref: str) -> tuple[Float[Tensor, "3 H W"], Float[Tensor, 16], str]:
+        """(source image, camera vector, name) of an object id (any split; canonical view 0) or an image path.
+
+        Raises:
+            DatasetFormatError: `ref` is neither a listed object nor an image file, or its files are bad.
+        """
+        from lrm_nerfstudio.cameras import canonical_source_camera
+
+        if self._is_object(ref):
+            img, cam = self.objects.source(self.dataparser.load_object(ref), 0, self._eval_bg())
+            return img, cam, ref
+        path = Path(ref)
+        if path.is_file():
+            return self._photo_source(path), canonical_source_camera(), path.stem
+        raise DatasetFormatError(f"{ref}: neither an object id of {self.dataparser.data} nor an existing image file")
+
+    def set_display_object(self, ref: str) -> None:
+        """Shows `ref` (object id or image path): rebuilds `train_dataset`, the test-mode rays and the source."""
+        res = self.config.eval_resolution
+        image, camera, name = self.get_display_source(ref)
+        if self._is_object(ref):
+            obj = self.dataparser.load_object(ref)
+            views = list(range(min(len(obj), self.config.max_display_views)))
+            size = _scaled_size(int(obj.intrinsics[0, 4]), int(obj.intrinsics[0, 5]), res)[::-1]
+            parts = [self.full_view(obj, v, size=size) for v in views]  # one size so views stack
+            cams = Cameras(
+                camera_to_worlds=torch.cat([p[0].camera_to_worlds for p in parts]),
+                fx=torch.cat([p[0].fx for p in parts]),
+                fy=torch.cat([p[0].fy for p in parts]),
+                cx=torch.cat([p[0].cx for p in parts]),
+                cy=torch.cat([p[0].cy for p in parts]),
+                width=torch.cat([p[0].width for p in parts]),
+                height=torch.cat([p[0].height for p in parts]),
+                camera_type=CameraType.PERSPECTIVE,
+            )
+            images = torch.stack([p[1] for p in parts])
+            alphas = torch.stack([p[2] for p in parts])
+            filenames = [obj.image_paths[v] for v in views]
+        else:
+            cams = ring_cameras(res)
+            images = torch.zeros(len(cams), res, res, 3)
+            alphas = torch.zeros(len(cams), res, res, 1)
+            filenames = [Path(ref)] * len(cams)
+        outputs = DataparserOutputs(
+            image_filenames=filenames, cameras=cams, scene_box=unit_scene_box(), metadata={"object_id": name}
+        )
+        self.train_dataparser_outputs = outputs
+        self.train_dataset = DisplayViewsDataset(outputs, images, alphas)
+        self.eval_dataset = self.train_dataset
+        self.train_ray_generator = RayGenerator(self.train_dataset.cameras)
+        self._display = {"name": name, "source_image": image, "source_camera": camera, "bg": self._eval_bg()}
+        self._display_batch = {"image": images, "alpha": alphas, "image_idx": torch.arange(len(cams))}
+
+    def _next_display_rays(self) -> tuple[RayBundle, dict]:
+        batch = self.train_pixel_sampler.sample(self._display_batch)
+        ray_bundle = self.train_ray_generator(batch["indices"])
+        n = len(ray_bundle)
+        zeros = torch.zeros(n, 1, dtype=torch.long)
+        ray_bundle.camera_indices = zeros
+        bg = torch.from_numpy(self._display["bg"]).expand(n, 3).contiguous()
+        ray_bundle.metadata = {"object_index": zeros, "background_color": bg}
+        batch["source_images"] = self._display["source_image"][None]
+        batch["source_cameras"] = self._display["source_camera"][None]
+        batch["object_ids"] = [self._display["name"]]
+        return self._to_device(ray_bundle, batch)
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # 2 shared cores: one thread per worker
