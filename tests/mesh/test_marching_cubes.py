@@ -1,0 +1,102 @@
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from lrm_nerfstudio.mesh.marching_cubes import NoSurfaceError, choose_iso_level, extract_mesh, save_mesh
+
+CENTRE = (0.2, -0.1, 0.3)
+
+
+def sphere_density(centre=CENTRE, radius=0.5, scale=1.0, width=0.03):
+    c = torch.tensor(centre)
+    return lambda p: scale * torch.sigmoid((radius - (p - c).norm(dim=-1)) / width)
+
+
+@pytest.mark.parametrize("scale", [1.0, 10.0, 1000.0])
+def test_adaptive_level_recovers_sphere_at_any_scale(scale):
+    res = 48
+    voxel = 2.0 / (res - 1)
+    mesh = extract_mesh(sphere_density(scale=scale), resolution=res)
+    assert len(mesh.faces) > 1000
+    assert mesh.is_watertight and mesh.euler_number == 2
+    radii = np.linalg.norm(mesh.vertices - np.array(CENTRE), axis=1)
+    assert abs(radii.mean() - 0.5) < 1.0 * voxel
+    # Off-centre sphere: the grid axes are (x, y, z) and mapped to the bbox correctly.
+    np.testing.assert_allclose(mesh.vertices.mean(0), CENTRE, atol=0.5 * voxel)
+    assert mesh.metadata["iso_method"] == "max-mean-gradient"
+
+
+def test_fixed_level_fails_where_adaptive_does_not():
+    # A level that suits densities of scale 1000 finds nothing at scale 1: why the default is adaptive.
+    with pytest.raises(NoSurfaceError, match="no surface found"):
+        extract_mesh(sphere_density(scale=1.0), resolution=24, iso_level=10.0)
+
+
+def test_normals_point_outward():
+    mesh = extract_mesh(sphere_density(centre=(0, 0, 0)), resolution=32)
+    assert mesh.volume > 0
+    dots = np.einsum("ij,ij->i", mesh.vertex_normals, mesh.vertices)
+    assert (dots > 0).all()
+
+
+def test_blocked_equals_single_block():
+    kw = {"resolution": 40, "chunk_size": 40 * 40 * 3 + 17}
+    blocked = extract_mesh(sphere_density(), block_size=7, **kw)
+    single = extract_mesh(sphere_density(), block_size=1000, **kw)
+    assert len(blocked.vertices) == len(single.vertices) and len(blocked.faces) == len(single.faces)
+    a = np.unique(np.round(blocked.vertices, 6), axis=0)
+    b = np.unique(np.round(single.vertices, 6), axis=0)
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    assert blocked.area == pytest.approx(single.area, rel=1e-9)
+    assert blocked.volume == pytest.approx(single.volume, rel=1e-9)
+    assert blocked.is_watertight
+
+
+def test_float16_grid_matches_float32():
+    from lrm_nerfstudio.mesh import marching_cubes as mc
+
+    grid32 = mc.sample_density_grid(sphere_density(scale=1000.0), 32)
+    grid16 = mc.sample_density_grid(sphere_density(scale=1000.0), 32, dtype=np.float16)
+    lvl32, lvl16 = choose_iso_level(grid32).value, choose_iso_level(grid16).value
+    assert lvl16 == pytest.approx(lvl32, rel=0.05)
+
+
+def test_vertex_colours_and_bbox():
+    bbox = ((-0.5, -0.6, -0.4), (0.9, 0.5, 1.0))
+    mesh = extract_mesh(sphere_density(radius=0.3), resolution=32, bbox=bbox, color_fn=lambda p: (p + 1) / 2)
+    assert (mesh.vertices >= np.array(bbox[0]) - 1e-9).all() and (mesh.vertices <= np.array(bbox[1]) + 1e-9).all()
+    colours = mesh.visual.vertex_colors[:, :3].astype(float) / 255
+    np.testing.assert_allclose(colours, (mesh.vertices + 1) / 2, atol=1 / 255 + 1e-6)
+
+
+def test_empty_and_constant_fields_raise_with_stats():
+    with pytest.raises(NoSurfaceError, match="no surface found.*max="):
+        extract_mesh(lambda p: torch.zeros(len(p)), resolution=16)
+    with pytest.raises(NoSurfaceError, match="no surface found"):
+        extract_mesh(lambda p: torch.full((len(p),), 3.0), resolution=16)
+
+
+def test_accepts_trailing_singleton_density():
+    mesh = extract_mesh(lambda p: sphere_density()(p)[:, None], resolution=24)
+    assert len(mesh.faces) > 0
+
+
+def test_save_mesh_writes_all_formats(tmp_path):
+    mesh = extract_mesh(sphere_density(centre=(0, 0, 0)), resolution=24, color_fn=lambda p: torch.rand(len(p), 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        paths = save_mesh(mesh, tmp_path / "out", "obj0")
+    assert set(paths) == {"glb", "obj", "ply"}
+    assert not [p for p in (tmp_path / "out").iterdir() if p.suffix == ".tmp"]
+    ply = trimesh.load(paths["ply"], process=False)
+    np.testing.assert_allclose(ply.vertices, mesh.vertices, atol=1e-6)
+    obj = trimesh.load(paths["obj"], process=False)
+    assert len(obj.vertices) == len(mesh.vertices) and obj.visual.kind == "vertex"
+    np.testing.assert_array_equal(obj.visual.vertex_colors[:, :3], mesh.visual.vertex_colors[:, :3])
+    glb = trimesh.load(paths["glb"], force="mesh")
+    assert len(glb.faces) == len(mesh.faces)
+    # GLB is +Y up: the old +Z extent is now the +Y extent.
+    np.testing.assert_allclose(glb.bounds[:, 1], mesh.bounds[:, 2], atol=1e-5)
