@@ -132,7 +132,7 @@ def _composite(prem: Tensor, bg: np.ndarray) -> tuple[Tensor, Tensor]:
 
 
 def _scaled_size(width: int, height: int, new_width: int, min_side: int = 1) -> tuple[int, int]:
-    return new_width, max(min_side, int(round(height * new_width / width)))
+    return new_width, max(min_side, round(height * new_width / width))
 
 
 def ring_cameras(resolution: int = 128, n_azimuth: int = 8, elevations: tuple[float, ...] = (-30.0, 30.0)) -> Cameras:
@@ -621,21 +621,14 @@ class LRMDataManager(VanillaDataManager):
         return self.dataparser.index is not None and self.dataparser.split_of(ref) is not None
 
     def _photo_source(self, path: Path) -> Float[Tensor, "3 H W"]:
-        """A user's photo -> source image; swap in image_preprocess once it exists."""
-        s = self.config.source_resolution
+        """A user's photo -> source image (image_preprocess: mask, recentre, composite; plain load as fallback)."""
+        s, bg = self.config.source_resolution, self._eval_bg()
         try:
-            from lrm_nerfstudio.data.image_preprocess import preprocess_image  # type: ignore
+            from lrm_nerfstudio.data.image_preprocess import preprocess_image
         except ImportError:
-            preprocess_image = None
-        if preprocess_image is not None:
-            out = preprocess_image(path, resolution=s)
-            img = out[0] if isinstance(out, tuple) else out
-            img = torch.as_tensor(np.asarray(img) if not isinstance(img, Tensor) else img).float()
-            if img.shape[0] not in (3, 4):
-                img = img.permute(2, 0, 1)
-            return _resize(img[:3], (s, s))
-        rgb, _ = _composite(_resize(_premultiplied(load_rgba(path)), (s, s)), self._eval_bg())
-        return rgb
+            rgb, _ = _composite(_resize(_premultiplied(load_rgba(path)), (s, s)), bg)
+            return rgb
+        return preprocess_image(path, size=s, background_color=tuple(float(c) for c in bg)).image.float()
 
     def get_display_source(self, ref: str) -> tuple[Float[Tensor, "3 H W"], Float[Tensor, 16], str]:
         """(source image, camera vector, name) of an object id (any split; canonical view 0) or an image path.
