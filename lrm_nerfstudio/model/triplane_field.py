@@ -7,7 +7,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from nerfstudio.cameras.rays import RaySamples
 from nerfstudio.configs.base_config import InstantiateConfig
 from nerfstudio.field_components.activations import trunc_exp
@@ -19,7 +19,9 @@ from torch import Tensor, nn
 PLANE_AXES = ((0, 1), (0, 2), (1, 2))  # XY, XZ, YZ
 
 
-def sample_triplanes(points: Float[Tensor, "B P 3"], triplanes: Float[Tensor, "B 3 C R R"]) -> Float[Tensor, "B P 3 C"]:
+def sample_triplanes(
+    points: Float[Tensor, "B P 3"], triplanes: Float[Tensor, "B 3 C Rh Rw"]
+) -> Float[Tensor, "B P 3 C"]:
     """Bilinear lookup of each point in the three planes (align_corners=False, zeros outside).
 
     Plane XY is indexed by (x, y) with x along the width, XZ by (x, z), YZ by (y, z); points are in [-1, 1]^3.
@@ -88,7 +90,7 @@ class TriplaneField(Field):
 
     def _decode(
         self, points: Float[Tensor, "B P 3"], triplanes: Float[Tensor, "B 3 C R R"]
-    ) -> tuple[Float[Tensor, "B P 1"], Float[Tensor, "B P 3"], Float[Tensor, "B P 1"]]:
+    ) -> tuple[Float[Tensor, "B P 1"], Float[Tensor, "B P 3"], Bool[Tensor, "B P 1"]]:
         """Raw density (before bias/activation), RGB, and the inside-the-box mask."""
         raw = self.mlp(self._features(points, triplanes))
         inside = (points.abs() <= 1.0).all(dim=-1, keepdim=True)
