@@ -3,7 +3,8 @@
 Layout written here:
 ```
 DATASET/dataset.json            format, version, splits, scene_box, camera ranges, generator config
-DATASET/<id>/transforms.json    nerfstudio format, PINHOLE, per-frame fl_x/fl_y, shared cx/cy/w/h, mesh_path
+DATASET/<id>/transforms.json    nerfstudio format, PINHOLE, per-frame fl_x/fl_y, shared cx/cy/w/h, mesh_path,
+                                train/val/test_filenames (a per-view split for nerfstudio's own dataparser)
 DATASET/<id>/images/NNN.png     RGBA 8-bit, alpha = mask (no separate mask files)
 DATASET/<id>/depth/NNN.png      uint16 z-depth in millimetres (nerfstudio depth_unit_scale_factor 1e-3), 0 = miss
 DATASET/<id>/normals/NNN.png    RGB 8-bit world-space normals as (n + 1) / 2, 0 = miss
@@ -126,6 +127,7 @@ def write_object_folder(
         ).astype(np.uint8)
     mesh = trimesh.Trimesh(renderer.vertices, renderer.faces, vertex_colors=colors, process=False)
     (tmp / "mesh.ply").write_bytes(trimesh.exchange.ply.export_ply(mesh, encoding="binary", include_attributes=False))
+    held_out = view_holdout([f["file_path"] for f in frames])
     transforms = {
         "camera_model": "PINHOLE",
         "w": w,
@@ -136,6 +138,9 @@ def write_object_folder(
         "scene_box": SCENE_BOX,
         "source_view": 0,
         **extra,
+        "train_filenames": [f["file_path"] for f in frames if f["file_path"] not in held_out],
+        "val_filenames": held_out,
+        "test_filenames": held_out,
         "frames": frames,
     }
     (tmp / "transforms.json").write_text(json.dumps(transforms, indent=2) + "\n")
@@ -149,6 +154,15 @@ def write_object_folder(
             raise
 
 
+def view_holdout(paths: Sequence[str]) -> list[str]:
+    """Per-object views nerfstudio holds out for its own eval (per-scene baselines): the last view and every
+    8th view after view 0. View 0 (the canonical source view) is always train. One view: it is in every split."""
+    n = len(paths)
+    if n == 1:
+        return [paths[0]]
+    return [p for i, p in enumerate(paths) if i == n - 1 or (i > 0 and i % 8 == 0)]
+
+
 def assign_splits(ids: Sequence[str], holdout_fraction: float = 0.05) -> dict[str, list[str]]:
     """Deterministic splits. With n >= 3 objects: k = max(1, round(holdout_fraction * n)) objects each for val and
     test (the last k are test, the k before them val), all the rest train. With n < 3 every split holds every object
@@ -157,7 +171,7 @@ def assign_splits(ids: Sequence[str], holdout_fraction: float = 0.05) -> dict[st
     n = len(ids)
     if n < 3:
         return {"train": ids, "val": list(ids), "test": list(ids)}
-    k = max(1, int(round(holdout_fraction * n)))
+    k = max(1, round(holdout_fraction * n))
     k = min(k, (n - 1) // 2)
     return {"train": ids[: n - 2 * k], "val": ids[n - 2 * k : n - k], "test": ids[n - k :]}
 

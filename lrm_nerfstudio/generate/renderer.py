@@ -30,6 +30,8 @@ class CameraSamplerConfig:
     """Range of elevation angles in degrees (0 = horizontal, 90 = looking straight down)."""
     canonical_first: bool = True
     """View 0 is the canonical inference camera (distance 2.0, focal 0.75, on -Y looking at the origin)."""
+    fit_radius: float = 1.0
+    """Focal lengths are capped so a sphere of this radius at the origin stays in frame (0 = no cap)."""
 
     def __post_init__(self) -> None:
         lo, hi = self.distance_range
@@ -62,7 +64,11 @@ def sample_views(rng: np.random.Generator, num_views: int, cfg: CameraSamplerCon
             s_lo, s_hi = np.sin(np.deg2rad(cfg.elevation_range))
             elevation = float(np.rad2deg(np.arcsin(rng.uniform(s_lo, s_hi))))
             distance = rng.uniform(*cfg.distance_range)
-            c2w3, focal = look_at(spherical_eye(distance, azimuth, elevation)), rng.uniform(*cfg.focal_range)
+            focal = rng.uniform(*cfg.focal_range)
+            if cfg.fit_radius > 0:
+                half_angle = np.arcsin(min(cfg.fit_radius / distance, 0.999))
+                focal = min(focal, 0.95 * 0.5 / np.tan(half_angle))  # 5% margin to the image border
+            c2w3 = look_at(spherical_eye(distance, azimuth, elevation))
         c2w = np.eye(4)
         c2w[:3] = c2w3
         views.append(View(c2w=c2w, focal=float(focal)))
@@ -88,7 +94,7 @@ class Lighting:
     ambient: float
     directions: Float[np.ndarray, "L 3"]
     """Unit vectors pointing towards each light."""
-    intensities: Float[np.ndarray, "L"]
+    intensities: Float[np.ndarray, " L"]
 
 
 def random_lighting(rng: np.random.Generator, cfg: LightingConfig) -> Lighting:
@@ -110,7 +116,7 @@ class Albedo(Protocol):
 
     def __call__(
         self,
-        face_ids: Int[np.ndarray, "K"],
+        face_ids: Int[np.ndarray, " K"],
         bary: Float[np.ndarray, "K 2"],
         points: Float[np.ndarray, "K 3"],
         normals: Float[np.ndarray, "K 3"],
@@ -121,7 +127,7 @@ class Albedo(Protocol):
 class ConstantAlbedo:
     """One colour everywhere."""
 
-    color: Float[np.ndarray, "3"]
+    color: Float[np.ndarray, " 3"]
 
     def __call__(self, face_ids, bary, points, normals):
         return np.broadcast_to(np.asarray(self.color, dtype=np.float64), (len(face_ids), 3)).copy()
@@ -131,7 +137,7 @@ class ConstantAlbedo:
 class ProceduralAlbedo:
     """Each face takes the procedural texture of its part, looked up triplanar at the hit point."""
 
-    face_part: Int[np.ndarray, "F"]
+    face_part: Int[np.ndarray, " F"]
     textures: list[Texture]
 
     def __call__(self, face_ids, bary, points, normals):
@@ -177,7 +183,7 @@ class UVTextureAlbedo:
     faces: Int[np.ndarray, "F 3"]
     uv: Float[np.ndarray, "V 2"]
     image: Float[np.ndarray, "H W 3"]
-    factor: Float[np.ndarray, "3"]
+    factor: Float[np.ndarray, " 3"]
 
     def __call__(self, face_ids, bary, points, normals):
         uv = _interpolate(self.uv, self.faces, face_ids, bary)
@@ -198,7 +204,7 @@ class UVTextureAlbedo:
 class CompositeAlbedo:
     """Different albedos for consecutive face ranges (one per sub-mesh of a scene)."""
 
-    starts: Int[np.ndarray, "P"]
+    starts: Int[np.ndarray, " P"]
     """First face index of each part, ascending, starting at 0."""
     parts: list[Albedo]
 

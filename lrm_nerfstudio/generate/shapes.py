@@ -67,7 +67,7 @@ class ProceduralObject:
 
     vertices: Float[np.ndarray, "V 3"]
     faces: Int[np.ndarray, "F 3"]
-    face_part: Int[np.ndarray, "F"]
+    face_part: Int[np.ndarray, " F"]
     """Index of the primitive (texture slot) of each face."""
     num_parts: int
     augmentations: list[str] = field(default_factory=list)

@@ -46,7 +46,7 @@ class Texture:
     palette: Float[np.ndarray, "3 3"]
     """Three RGB colours in [0, 1]."""
     frequency: float
-    direction: Float[np.ndarray, "2"]
+    direction: Float[np.ndarray, " 2"]
     """Unit direction of stripes and gradients in the (u, v) plane."""
     phase: float
     noise: Float[np.ndarray, "G G"]
