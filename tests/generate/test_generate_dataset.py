@@ -168,7 +168,7 @@ def _tree_bytes(root: Path) -> dict[str, bytes]:
 
 
 def test_deterministic_across_runs_and_worker_counts(tmp_path):
-    kwargs = dict(num_objects=3, num_views=3, resolution=16, seed=7, progress=False)
+    kwargs = {"num_objects": 3, "num_views": 3, "resolution": 16, "seed": 7, "progress": False}
     main(GenerateConfig(output=tmp_path / "a", workers=1, **kwargs))
     main(GenerateConfig(output=tmp_path / "b", workers=1, **kwargs))
     main(GenerateConfig(output=tmp_path / "c", workers=2, **kwargs))
@@ -181,7 +181,7 @@ def test_deterministic_across_runs_and_worker_counts(tmp_path):
 
 def test_resume_after_kill_keeps_finished_objects(tmp_path):
     root = tmp_path / "ds"
-    kwargs = dict(num_objects=40, num_views=8, resolution=64, seed=3, workers=1, progress=False)
+    kwargs = {"num_objects": 40, "num_views": 8, "resolution": 64, "seed": 3, "workers": 1, "progress": False}
     code = (
         "from lrm_nerfstudio.generate.generate import GenerateConfig, main\n"
         f"main(GenerateConfig(output={str(root)!r}, **{kwargs!r}))\n"
