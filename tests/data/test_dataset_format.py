@@ -168,8 +168,7 @@ def test_rgb_without_alpha_accepted_with_one_warning(tmp_path: Path):
     write_dataset_json(tmp_path, {"train": ["rgb"]})
     reset_alpha_warning()
     with pytest.warns(UserWarning, match="assuming alpha = 1") as record:
-        parse(tmp_path)
-        rgba = load_rgba(tmp_path / "rgb" / "images" / "001.png")
+        rgba = parse(tmp_path) and load_rgba(tmp_path / "rgb" / "images" / "001.png")
     assert sum("assuming alpha" in str(w.message) for w in record) == 1
     assert rgba.shape == (16, 16, 4) and rgba.dtype == np.float32
     assert (rgba[..., 3] == 1).all()

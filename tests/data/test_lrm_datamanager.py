@@ -27,8 +27,8 @@ def ds(tmp_path_factory) -> Path:
 
 
 def make_dm(data: Path, test_mode: str = "val", **kwargs) -> LRMDataManager:
-    cfg = dict(objects_per_batch=2, target_views_per_object=3, patch_size=P, render_resolution_range=(32, 64))
-    cfg.update(num_workers=0, source_resolution=32, eval_resolution=32)
+    cfg = {"objects_per_batch": 2, "target_views_per_object": 3, "patch_size": P, "render_resolution_range": (32, 64)}
+    cfg.update({"num_workers": 0, "source_resolution": 32, "eval_resolution": 32})
     cfg.update(kwargs)
     return LRMDataManagerConfig(data=data, **cfg).setup(test_mode=test_mode)
 
@@ -232,9 +232,8 @@ def test_lazy_bad_object_error_and_skip(tmp_path: Path):
     dm = make_dm(tmp_path, render_resolution_range=(32, 32), target_views_per_object=3, objects_per_batch=4,
                  dataparser=LRMDataParserConfig(eager_validation_max_objects=0, skip_bad_objects=True))  # fmt: skip
     with pytest.warns(UserWarning, match="skipping bad object 'obj_train_002'"):
-        for s in range(4):
-            _, batch = dm.next_train(s)
-            assert len(batch["object_ids"]) == 4
+        batches = _batches(dm, range(4))
+    assert all(len(batch["object_ids"]) == 4 for _, batch in batches)
 
 
 def test_test_mode_rays_of_display_object(ds: Path):
