@@ -26,6 +26,7 @@ from nerfstudio.data.dataparsers.base_dataparser import DataparserOutputs
 from nerfstudio.data.datasets.base_dataset import InputDataset
 from nerfstudio.data.pixel_samplers import PixelSamplerConfig
 from nerfstudio.model_components.ray_generators import RayGenerator
+from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
@@ -417,7 +418,13 @@ class LRMDataManager(VanillaDataManager):
         for s in ("val", "test"):
             if objs.get(s):
                 return s
-        raise DatasetFormatError(f"{self.dataparser.data}: no val or test objects to evaluate on")
+        if not getattr(self, "_warned_no_holdout", False):
+            self._warned_no_holdout = True
+            CONSOLE.print(
+                f"[bold yellow]{self.dataparser.data}: no val or test objects; evaluating on training objects, so "
+                "the scores are not held-out."
+            )
+        return "train"
 
     def _shard(self, split: str, epoch: int) -> list[str]:
         key = (split, epoch)
@@ -650,6 +657,8 @@ class LRMDataManager(VanillaDataManager):
         """Shows `ref` (object id or image path): rebuilds `train_dataset`, the test-mode rays and the source."""
         res = self.config.eval_resolution
         image, camera, name = self.get_display_source(ref)
+        self.display_ref = ref
+        self.display_source = (image, camera, name)
         if self._is_object(ref):
             obj = self.dataparser.load_object(ref)
             views = list(range(min(len(obj), self.config.max_display_views)))

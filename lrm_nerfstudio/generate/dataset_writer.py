@@ -165,12 +165,12 @@ def view_holdout(paths: Sequence[str]) -> list[str]:
 
 def assign_splits(ids: Sequence[str], holdout_fraction: float = 0.05) -> dict[str, list[str]]:
     """Deterministic splits. With n >= 3 objects: k = max(1, round(holdout_fraction * n)) objects each for val and
-    test (the last k are test, the k before them val), all the rest train. With n < 3 every split holds every object
-    (only good for smoke tests)."""
+    test (the last k are test, the k before them val), all the rest train. With n < 3 there is nothing to hold out:
+    every object is train and the held-out splits are left out (an object may be listed in one split only)."""
     ids = list(ids)
     n = len(ids)
     if n < 3:
-        return {"train": ids, "val": list(ids), "test": list(ids)}
+        return {"train": ids}
     k = max(1, round(holdout_fraction * n))
     k = min(k, (n - 1) // 2)
     return {"train": ids[: n - 2 * k], "val": ids[n - 2 * k : n - k], "test": ids[n - k :]}

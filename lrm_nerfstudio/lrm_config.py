@@ -1,0 +1,128 @@
+"""nerfstudio method specifications: `lrm` (paper scale) and `lrm-tiny` (learns on 2 CPU cores)."""
+
+from __future__ import annotations
+
+import torch
+from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
+from nerfstudio.engine.schedulers import CosineDecaySchedulerConfig
+from nerfstudio.engine.trainer import TrainerConfig
+from nerfstudio.plugins.types import MethodSpecification
+
+from lrm_nerfstudio.data.lrm_datamanager import LRMDataManagerConfig
+from lrm_nerfstudio.data.lrm_dataparser import LRMDataParserConfig
+from lrm_nerfstudio.lrm_pipeline import LRMPipelineConfig
+from lrm_nerfstudio.model.camera_embedder import CameraEmbedderConfig
+from lrm_nerfstudio.model.encoder import ImageEncoderConfig
+from lrm_nerfstudio.model.lrm_model import LRMModelConfig
+from lrm_nerfstudio.model.triplane_field import TriplaneFieldConfig
+from lrm_nerfstudio.model.triplane_transformer import TriplaneTransformerConfig
+from lrm_nerfstudio.model.upsampler import TriplaneUpsamplerConfig
+from lrm_nerfstudio.optimizers import AdamWOptimizerConfig
+
+
+def _machine() -> MachineConfig:
+    # nerfstudio defaults to CUDA; on a machine without one, `ns-train lrm-tiny --data ...` should just run.
+    return MachineConfig(device_type="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _optimizers(encoder_lr: float, decoder_lr: float, warmup: int, max_steps: int) -> dict:
+    def group(lr: float) -> dict:
+        return {
+            "optimizer": AdamWOptimizerConfig(lr=lr, weight_decay=0.05, max_norm=1.0),
+            "scheduler": CosineDecaySchedulerConfig(warm_up_end=warmup, learning_rate_alpha=0.05, max_steps=max_steps),
+        }
+
+    return {"encoder": group(encoder_lr), "decoder": group(decoder_lr)}
+
+
+LRM_STEPS = 100_000
+lrm_method = MethodSpecification(
+    config=TrainerConfig(
+        method_name="lrm",
+        steps_per_eval_batch=1000,
+        steps_per_eval_image=1000,
+        steps_per_eval_all_images=20_000,
+        steps_per_save=2000,
+        max_num_iterations=LRM_STEPS,
+        mixed_precision=False,  # the model autocasts its transformer to bf16 on CUDA itself (no grad scaler needed)
+        pipeline=LRMPipelineConfig(
+            datamanager=LRMDataManagerConfig(
+                dataparser=LRMDataParserConfig(),
+                objects_per_batch=8,
+                target_views_per_object=4,
+                patch_size=128,
+                render_resolution_range=(128, 384),
+                source_resolution=512,
+            ),
+            model=LRMModelConfig(
+                encoder=ImageEncoderConfig(
+                    pretrained="facebook/dino-vitb16",
+                    architecture="vit",
+                    image_size=512,
+                    patch_size=16,
+                    hidden_size=768,
+                    num_layers=12,
+                    num_heads=12,
+                ),
+                camera_embedder=CameraEmbedderConfig(embed_dim=1024),
+                transformer=TriplaneTransformerConfig(triplane_low_res=32, inner_dim=1024, num_layers=16, num_heads=16),
+                upsampler=TriplaneUpsamplerConfig(out_dim=80),
+                field=TriplaneFieldConfig(hidden_dim=64, num_hidden_layers=3),
+                num_coarse_samples=64,
+                num_importance_samples=64,
+                eval_num_rays_per_chunk=1 << 14,
+            ),
+        ),
+        optimizers=_optimizers(encoder_lr=4e-5, decoder_lr=4e-4, warmup=3000, max_steps=LRM_STEPS),
+        viewer=ViewerConfig(websocket_host="127.0.0.1", num_rays_per_chunk=1 << 14),
+        vis="viewer",
+        machine=_machine(),
+    ),
+    description="LRM (Hong et al. 2023): DINO ViT-B/16 encoder, 16x1024 triplane transformer, 64^2x80 triplane NeRF.",
+)
+
+TINY_STEPS = 3000
+lrm_tiny_method = MethodSpecification(
+    config=TrainerConfig(
+        method_name="lrm-tiny",
+        steps_per_eval_batch=100,
+        steps_per_eval_image=250,
+        steps_per_eval_all_images=100_000,
+        steps_per_save=250,
+        max_num_iterations=TINY_STEPS,
+        mixed_precision=False,
+        pipeline=LRMPipelineConfig(
+            datamanager=LRMDataManagerConfig(
+                dataparser=LRMDataParserConfig(),
+                objects_per_batch=4,
+                target_views_per_object=4,
+                patch_size=32,
+                render_resolution_range=(32, 64),
+                source_resolution=64,
+            ),
+            model=LRMModelConfig(
+                encoder=ImageEncoderConfig(
+                    pretrained=None,
+                    architecture="vit",
+                    image_size=64,
+                    patch_size=8,
+                    hidden_size=128,
+                    num_layers=3,
+                    num_heads=4,
+                ),
+                camera_embedder=CameraEmbedderConfig(embed_dim=256),
+                transformer=TriplaneTransformerConfig(triplane_low_res=16, inner_dim=256, num_layers=3, num_heads=4),
+                upsampler=TriplaneUpsamplerConfig(out_dim=16),
+                field=TriplaneFieldConfig(hidden_dim=64, num_hidden_layers=2),
+                num_coarse_samples=16,
+                num_importance_samples=16,
+                eval_num_rays_per_chunk=1 << 13,
+            ),
+        ),
+        optimizers=_optimizers(encoder_lr=3e-4, decoder_lr=1e-3, warmup=100, max_steps=TINY_STEPS),
+        viewer=ViewerConfig(websocket_host="127.0.0.1", num_rays_per_chunk=1 << 13),
+        vis="viewer",
+        machine=_machine(),
+    ),
+    description="LRM sized for 2 CPU cores: from-scratch 64^2 ViT, 3x256 triplane transformer, 32^2x16 triplane.",
+)

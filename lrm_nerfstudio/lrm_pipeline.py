@@ -1,0 +1,167 @@
+"""The LRM pipeline: condition on each step's source views, render their target rays, and evaluate held-out
+objects from their source view alone (Hong et al. 2023, §3.3 and §4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
+from nerfstudio.utils.rich_utils import CONSOLE
+from torch import Tensor
+
+from lrm_nerfstudio.data.lrm_datamanager import LRMDataManager, LRMDataManagerConfig
+from lrm_nerfstudio.model.lrm_model import LRMModel, LRMModelConfig
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training loss became NaN or infinite; raised before the optimiser step so the weights stay good."""
+
+
+@dataclass
+class LRMPipelineConfig(VanillaPipelineConfig):
+    """LRM pipeline: a multi-object datamanager feeding source views and target rays to the LRM model."""
+
+    _target: type = field(default_factory=lambda: LRMPipeline)
+    datamanager: LRMDataManagerConfig = field(default_factory=LRMDataManagerConfig)
+    """Multi-object datamanager."""
+    model: LRMModelConfig = field(default_factory=LRMModelConfig)
+    """LRM model."""
+    eval_split: Literal["val", "test"] = "test"
+    """Held-out split of `ns-eval` and the full evaluation."""
+    eval_max_objects: int | None = None
+    """Evaluate at most this many held-out objects (None: all)."""
+
+
+class LRMPipeline(VanillaPipeline):
+    """Pipeline of LRM training and evaluation.
+
+    Unlike per-scene NeRF pipelines, every step brings its own objects: the model predicts their triplanes from the
+    source views in the batch and renders the target rays through them.
+    """
+
+    config: LRMPipelineConfig
+    datamanager: LRMDataManager
+    _model: LRMModel
+
+    def __init__(self, config: LRMPipelineConfig, device: str, **kwargs: Any) -> None:
+        super().__init__(config, device, **kwargs)
+        image, camera, _ = self.datamanager.display_source
+        self.model.set_display_source(image, camera)
+
+    @property
+    def model(self) -> LRMModel:
+        return super().model  # type: ignore[return-value]
+
+    def show_object(self, ref: str) -> str:
+        """Make object id or image path `ref` the reconstruction rendered by the viewer and the exporters."""
+        self.datamanager.set_display_object(ref)  # exporters' rays and the viewer's cameras follow it
+        image, camera, name = self.datamanager.display_source
+        self.model.set_display_source(image, camera)
+        return name
+
+    # ------------------------------------------------------------------------------------------------- training
+    def _forward_batch(self, ray_bundle, batch: dict[str, Any]) -> dict[str, Any]:
+        return self._model(ray_bundle, batch["source_images"].to(self.device), batch["source_cameras"].to(self.device))
+
+    def get_train_loss_dict(self, step: int):
+        ray_bundle, batch = self.datamanager.next_train(step)
+        outputs = self._forward_batch(ray_bundle, batch)
+        metrics_dict = self.model.get_metrics_dict(outputs, batch)
+        loss_dict = self.model.get_loss_dict(outputs, batch, metrics_dict)
+        bad = {name: float(value) for name, value in loss_dict.items() if not torch.isfinite(value).all()}
+        if bad:
+            raise NonFiniteLossError(
+                f"Non-finite training loss at step {step}: {bad} (objects {batch.get('object_ids')}). Training "
+                "stopped before the optimiser step, so the weights and the last saved checkpoint are intact. Try a "
+                "lower learning rate, stronger gradient clipping (optimizers.*.optimizer.max-norm) or fp32."
+            )
+        return outputs, loss_dict, metrics_dict
+
+    def get_eval_loss_dict(self, step: int):
+        self.eval()
+        ray_bundle, batch = self.datamanager.next_eval(step)
+        outputs = self._forward_batch(ray_bundle, batch)
+        metrics_dict = self.model.get_metrics_dict(outputs, batch)
+        loss_dict = self.model.get_loss_dict(outputs, batch, metrics_dict)
+        self.train()
+        return outputs, loss_dict, metrics_dict
+
+    # ------------------------------------------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def render_eval_view(self, camera, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Render one held-out view from its object's source image alone."""
+        triplanes = self.model.predict_triplanes(
+            batch["source_images"].to(self.device), batch["source_cameras"].to(self.device)
+        )
+        return self.model.render_camera(camera, triplanes)
+
+    @torch.no_grad()
+    def get_eval_image_metrics_and_images(self, step: int):
+        self.eval()
+        camera, batch = self.datamanager.next_eval_image(step)
+        outputs = self.render_eval_view(camera, batch)
+        metrics_dict, images_dict = self.model.get_image_metrics_and_images(outputs, batch)
+        metrics_dict["num_rays"] = float(camera.height.item() * camera.width.item())
+        self.train()
+        return metrics_dict, images_dict
+
+    @torch.no_grad()
+    def get_average_eval_image_metrics(
+        self, step: int | None = None, output_path: Path | None = None, get_std: bool = False
+    ) -> dict[str, float]:
+        """Mean PSNR/SSIM/LPIPS over held-out views of held-out objects, each predicted from its source view.
+
+        Also reports `background_psnr`: the PSNR of predicting the background colour everywhere, the floor any
+        reconstruction must beat.
+        """
+        self.eval()
+        rows: list[dict[str, float]] = []
+        objects = set()
+        for camera, batch in self.datamanager.iter_eval_views(
+            split=self.config.eval_split, max_objects=self.config.eval_max_objects
+        ):
+            outputs = self.render_eval_view(camera, batch)
+            image = batch["image"].to(self.device)
+            row = self.model.image_metrics(outputs["rgb"], image)
+            background = batch.get("background_color")
+            background = torch.ones(3, device=self.device) if background is None else background.to(self.device).view(3)
+            mse_bg = torch.mean((image - background) ** 2)
+            row["background_psnr"] = float(-10.0 * torch.log10(mse_bg.clamp(min=1e-10)))
+            rows.append(row)
+            objects.update(batch["object_ids"])
+            if output_path is not None:
+                self._save_eval_image(output_path, len(rows) - 1, image, outputs["rgb"])
+        self.train()
+        if not rows:
+            raise RuntimeError(f"No {self.config.eval_split} views to evaluate in {self.datamanager.get_datapath()}")
+        result: dict[str, float] = {}
+        for key in rows[0]:
+            values = torch.tensor([row[key] for row in rows if key in row])
+            result[key] = float(values.mean())
+            if get_std:
+                result[f"{key}_std"] = float(values.std()) if len(values) > 1 else 0.0
+        result["num_views"] = float(len(rows))
+        result["num_objects"] = float(len(objects))
+        CONSOLE.print(
+            f"Held-out ({self.config.eval_split}): PSNR {result['psnr']:.2f} dB (background-only "
+            f"{result['background_psnr']:.2f} dB), SSIM {result['ssim']:.3f}"
+            + (f", LPIPS {result['lpips']:.3f}" if "lpips" in result else ", LPIPS unavailable")
+            + f" over {len(rows)} views of {len(objects)} objects"
+        )
+        return result
+
+    @staticmethod
+    def _save_eval_image(output_path: Path, index: int, image: Tensor, rgb: Tensor) -> None:
+        from PIL import Image
+
+        output_path.mkdir(parents=True, exist_ok=True)
+        pair = torch.cat([image, rgb.clamp(0, 1)], dim=1)
+        Image.fromarray((pair.cpu().numpy() * 255).round().astype("uint8")).save(output_path / f"{index:05d}.png")
+
+    # ------------------------------------------------------------------------------------------------- checkpoints
+    def load_pipeline(self, loaded_state: dict[str, Any], step: int) -> None:
+        super().load_pipeline(loaded_state, step)
+        self.model.refresh_display()  # the display triplane came from the old weights

@@ -1,0 +1,340 @@
+"""LRM: image -> triplane transformer -> triplane NeRF, rendered with nerfstudio's samplers and renderers.
+
+Implements Hong et al. 2023 (arXiv 2311.04400): §3.1 image encoder and camera features, §3.2 image-to-triplane
+decoder and triplane NeRF, §3.3 training objective.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.cameras.rays import RayBundle
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.field_components.field_heads import FieldHeadNames
+from nerfstudio.model_components.ray_samplers import PDFSampler, UniformSampler
+from nerfstudio.model_components.renderers import AccumulationRenderer, DepthRenderer, NormalsRenderer, RGBRenderer
+from nerfstudio.model_components.scene_colliders import AABBBoxCollider
+from nerfstudio.models.base_model import Model, ModelConfig
+from nerfstudio.utils import colormaps
+from torch import Tensor
+from torch.nn import Parameter
+from torchmetrics.functional import structural_similarity_index_measure
+
+from lrm_nerfstudio.model.camera_embedder import CameraEmbedderConfig
+from lrm_nerfstudio.model.encoder import ImageEncoderConfig
+from lrm_nerfstudio.model.losses import PerceptualLoss, PerceptualNet, triplane_tv_loss
+from lrm_nerfstudio.model.triplane_field import TriplaneFieldConfig
+from lrm_nerfstudio.model.triplane_transformer import TriplaneTransformerConfig
+from lrm_nerfstudio.model.upsampler import TriplaneUpsamplerConfig
+
+
+@dataclass
+class LRMModelConfig(ModelConfig):
+    """LRM model: encoder, camera embedder, triplane transformer, upsampler and triplane field."""
+
+    _target: type = field(default_factory=lambda: LRMModel)
+    encoder: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
+    """Image encoder (ViT / DINO)."""
+    camera_embedder: CameraEmbedderConfig = field(default_factory=CameraEmbedderConfig)
+    """MLP embedding the 16-d source camera for adaLN modulation."""
+    transformer: TriplaneTransformerConfig = field(default_factory=TriplaneTransformerConfig)
+    """Image-to-triplane decoder (its cond_dim and mod_dim follow the encoder and camera embedder)."""
+    upsampler: TriplaneUpsamplerConfig = field(default_factory=TriplaneUpsamplerConfig)
+    """ConvTranspose upsampler of the planes (its input width follows the transformer)."""
+    field: TriplaneFieldConfig = field(default_factory=TriplaneFieldConfig)
+    """Triplane NeRF decoder (its input channels follow the upsampler)."""
+    num_coarse_samples: int = 64
+    """Uniform samples per ray inside the scene box."""
+    num_importance_samples: int = 64
+    """PDF (importance) samples per ray, added to the uniform ones."""
+    coarse_pass_with_grad: bool = False
+    """Back-propagate through the coarse pass too. Off: the coarse samples are re-evaluated with gradients in the
+    fine pass anyway (the PDF sampler keeps them), so this only costs time."""
+    near_plane: float = 0.05
+    """Nearest distance along a ray that is rendered."""
+    rgb_loss_mult: float = 1.0
+    """Weight of the MSE colour loss."""
+    lpips_loss_mult: float = 1.0
+    """Weight of the LPIPS loss (λ of the paper); ignored when LPIPS weights are unavailable."""
+    mask_loss_mult: float = 0.5
+    """Weight of the MSE between rendered accumulation and the target alpha."""
+    depth_loss_mult: float = 0.0
+    """Weight of the L1 depth loss on foreground rays (0 = off; needs depth in the data)."""
+    tv_loss_mult: float = 5e-4
+    """Weight of the triplane total-variation loss."""
+    use_lpips: bool = True
+    """Use LPIPS (loss and metric) when its backbone weights are in the torch cache."""
+    perceptual_net: PerceptualNet = "vgg"
+    """LPIPS backbone."""
+    amp_dtype: Literal["bfloat16", "float16", "none"] = "bfloat16"
+    """Autocast dtype of the encoder and transformer on CUDA. Never used on CPU, where bf16 is very slow."""
+    display_refresh_steps: int = 10
+    """The triplane shown in the viewer and used by exporters is re-predicted after this many training steps."""
+    compute_normals_in_training: bool = False
+    """Render normals for training rays too (costs a density-gradient pass)."""
+
+
+class LRMModel(Model):
+    """Large Reconstruction Model (Hong et al. 2023).
+
+    `forward(ray_bundle, source_images, source_cameras)` predicts one triplane per source image and renders the
+    rays with it, in one call so that DDP sees the whole graph. Without sources it renders the *display triplane*:
+    the reconstruction of the display source (set by the pipeline, the viewer or the exporter), re-predicted under
+    `no_grad` from the current weights. That state is separate from training's, so the viewer's thread can render
+    while training runs (DESIGN.md §3).
+    """
+
+    config: LRMModelConfig
+
+    def populate_modules(self) -> None:
+        super().populate_modules()
+        cfg = self.config
+        self.encoder = cfg.encoder.setup()
+        self.camera_embedder = cfg.camera_embedder.setup()
+        self.transformer = replace(
+            cfg.transformer, cond_dim=self.encoder.out_dim, mod_dim=self.camera_embedder.out_dim
+        ).setup()
+        self.upsampler = replace(cfg.upsampler, in_dim=cfg.transformer.inner_dim).setup()
+        self.field = replace(cfg.field, triplane_dim=self.upsampler.out_dim).setup()
+
+        self.collider = AABBBoxCollider(self.scene_box, near_plane=cfg.near_plane)
+        self.sampler_uniform = UniformSampler(num_samples=cfg.num_coarse_samples)
+        self.sampler_pdf = PDFSampler(num_samples=cfg.num_importance_samples, include_original=True)
+        self.renderer_rgb = RGBRenderer(background_color="black")
+        self.renderer_accumulation = AccumulationRenderer()
+        self.renderer_depth = DepthRenderer(method="median")
+        self.renderer_expected_depth = DepthRenderer(method="expected")
+        self.renderer_normals = NormalsRenderer()
+
+        # Kept out of the module tree: LPIPS is frozen and optional, so it must neither bloat checkpoints nor make
+        # them unloadable on a machine without its backbone weights.
+        self.__dict__["perceptual"] = PerceptualLoss(cfg.perceptual_net, enabled=cfg.use_lpips)
+
+        self._display_lock = threading.Lock()
+        self._display_source: tuple[Tensor, Tensor] | None = None
+        self._display_triplanes: Tensor | None = None
+        self._display_step = -1
+        self._step = 0
+
+    # ----------------------------------------------------------------------------------------------- parameters
+    def get_param_groups(self) -> dict[str, list[Parameter]]:
+        encoder = list(self.encoder.parameters())
+        encoder_ids = {id(p) for p in encoder}
+        decoder = [p for p in self.parameters() if id(p) not in encoder_ids]
+        return {"encoder": encoder, "decoder": decoder}
+
+    def get_training_callbacks(
+        self, training_callback_attributes: TrainingCallbackAttributes
+    ) -> list[TrainingCallback]:
+        def count_step(step: int) -> None:
+            self._step = step + 1
+
+        return [TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], count_step)]
+
+    # ----------------------------------------------------------------------------------------------- prediction
+    def _autocast(self, device: torch.device):
+        enabled = device.type == "cuda" and self.config.amp_dtype != "none"
+        dtype = torch.bfloat16 if self.config.amp_dtype == "bfloat16" else torch.float16
+        return torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled)
+
+    def predict_triplanes(
+        self, source_images: Float[Tensor, "B 3 H W"], source_cameras: Float[Tensor, "B 16"]
+    ) -> Float[Tensor, "B 3 C R R"]:
+        """Image-to-triplane (§3.1-3.2): encode, embed the camera, decode tokens, upsample."""
+        with self._autocast(source_images.device):
+            tokens = self.encoder(source_images)
+            cam = self.camera_embedder(source_cameras)
+            planes = self.transformer(tokens, cam)
+            planes = self.upsampler(planes)
+        return planes.float()
+
+    # ----------------------------------------------------------------------------------------------- rendering
+    def render_triplanes(
+        self, ray_bundle: RayBundle, triplanes: Float[Tensor, "B 3 C R R"], compute_normals: bool = False
+    ) -> dict[str, Any]:
+        """Volume-render rays through their object's triplane (coarse uniform + importance samples)."""
+        if ray_bundle.nears is None or ray_bundle.fars is None:
+            ray_bundle = self.collider(ray_bundle)
+        metadata = ray_bundle.metadata or {}
+        object_index = metadata.get("object_index")
+        if object_index is None:
+            object_index = torch.zeros(len(ray_bundle), 1, dtype=torch.long, device=triplanes.device)
+        object_index = object_index.long()
+
+        ray_samples_uniform = self.sampler_uniform(ray_bundle)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.coarse_pass_with_grad):
+            coarse = self.field(ray_samples_uniform, triplanes, object_index)
+            weights_coarse = ray_samples_uniform.get_weights(coarse[FieldHeadNames.DENSITY])
+        ray_samples = self.sampler_pdf(ray_bundle, ray_samples_uniform, weights_coarse.detach())
+        fine = self.field(ray_samples, triplanes, object_index, compute_normals=compute_normals)
+        weights = ray_samples.get_weights(fine[FieldHeadNames.DENSITY])
+
+        rgb_premultiplied = self.renderer_rgb(rgb=fine[FieldHeadNames.RGB], weights=weights)
+        accumulation = self.renderer_accumulation(weights=weights)
+        background = metadata.get("background_color")
+        if background is None:
+            background = torch.ones_like(rgb_premultiplied)
+        outputs: dict[str, Any] = {
+            "rgb": rgb_premultiplied + (1.0 - accumulation) * background,
+            "rgb_premultiplied": rgb_premultiplied,
+            "accumulation": accumulation,
+            "depth": self.renderer_depth(weights=weights, ray_samples=ray_samples),
+            "expected_depth": self.renderer_expected_depth(weights=weights, ray_samples=ray_samples),
+            "weights_list": [weights_coarse, weights],
+            "ray_samples_list": [ray_samples_uniform, ray_samples],
+        }
+        if "directions_norm" in metadata:  # |camera-space direction| at z = -1: turns ray distance into z-depth
+            outputs["directions_norm"] = metadata["directions_norm"]
+        if compute_normals:
+            normals = self.renderer_normals(normals=fine[FieldHeadNames.NORMALS], weights=weights)
+            outputs["normals"] = (normals + 1.0) / 2.0  # nerfstudio's exporters expect normals in [0, 1]
+        return outputs
+
+    # ----------------------------------------------------------------------------------------------- display state
+    def set_display_source(self, image: Float[Tensor, "3 H W"], camera: Float[Tensor, 16]) -> None:
+        """Choose the reconstruction that source-less calls (viewer, exporters) render."""
+        with self._display_lock:
+            self._display_source = (image.detach().to(self.device), camera.detach().to(self.device))
+            self._display_triplanes = None
+
+    def refresh_display(self) -> None:
+        """Forget the display triplane so that the next source-less call re-predicts it."""
+        with self._display_lock:
+            self._display_triplanes = None
+
+    def display_triplanes(self) -> Float[Tensor, "1 3 C R R"]:
+        """The display triplane, re-predicted from the current weights when stale."""
+        with self._display_lock:
+            if self._display_source is None:
+                raise RuntimeError(
+                    "LRMModel: nothing to render without a source image. Call set_display_source(image, camera) "
+                    "(the LRM pipeline does this from --pipeline.datamanager.display-object)."
+                )
+            stale = self._step - self._display_step >= self.config.display_refresh_steps
+            if self._display_triplanes is None or stale:
+                image, camera = self._display_source
+                with torch.no_grad():
+                    self._display_triplanes = self.predict_triplanes(image[None], camera[None])
+                self._display_step = self._step
+            return self._display_triplanes
+
+    # ----------------------------------------------------------------------------------------------- nerfstudio API
+    def forward(
+        self,
+        ray_bundle: RayBundle,
+        source_images: Float[Tensor, "B 3 H W"] | None = None,
+        source_cameras: Float[Tensor, "B 16"] | None = None,
+    ) -> dict[str, Any]:
+        if source_images is None:
+            return self.render_triplanes(ray_bundle, self.display_triplanes(), compute_normals=True)
+        if source_cameras is None:
+            raise ValueError("LRMModel.forward: source_images given without source_cameras")
+        triplanes = self.predict_triplanes(source_images, source_cameras)
+        outputs = self.render_triplanes(
+            ray_bundle, triplanes, compute_normals=self.config.compute_normals_in_training and self.training
+        )
+        outputs["triplanes"] = triplanes
+        return outputs
+
+    def get_outputs(self, ray_bundle: RayBundle) -> dict[str, Any]:
+        return self.forward(ray_bundle)
+
+    @torch.no_grad()
+    def render_camera(self, camera: Cameras, triplanes: Float[Tensor, "1 3 C R R"] | None = None) -> dict[str, Tensor]:
+        """Render one full camera view (chunked) with `triplanes`, or with the display triplane."""
+        if triplanes is None:
+            triplanes = self.display_triplanes()
+        bundle = camera.generate_rays(camera_indices=0, keep_shape=True).to(self.device)
+        height, width = bundle.origins.shape[:2]
+        flat = bundle.flatten()
+        chunk = self.config.eval_num_rays_per_chunk
+        pieces: dict[str, list[Tensor]] = {}
+        for start in range(0, len(flat), chunk):
+            outputs = self.render_triplanes(flat[start : start + chunk], triplanes, compute_normals=True)
+            for key, value in outputs.items():
+                if isinstance(value, Tensor):
+                    pieces.setdefault(key, []).append(value)
+        return {key: torch.cat(value).view(height, width, -1) for key, value in pieces.items()}
+
+    def get_rgba_image(self, outputs: dict[str, Tensor], output_name: str = "rgb") -> Tensor:
+        """RGBA with the real accumulation as alpha, so that exporters drop empty space."""
+        accumulation = outputs["accumulation"]
+        rgb = outputs["rgb_premultiplied"] / accumulation.clamp(min=1e-6)
+        return torch.cat([rgb.clamp(0, 1), accumulation], dim=-1)
+
+    # ----------------------------------------------------------------------------------------------- losses/metrics
+    def get_metrics_dict(self, outputs: dict[str, Any], batch: dict[str, Any]) -> dict[str, Tensor]:
+        image = batch["image"].to(self.device)
+        mse = torch.mean((outputs["rgb"].detach() - image) ** 2)
+        return {"psnr": -10.0 * torch.log10(mse.clamp(min=1e-10))}
+
+    def get_loss_dict(
+        self, outputs: dict[str, Any], batch: dict[str, Any], metrics_dict: dict[str, Tensor] | None = None
+    ) -> dict[str, Tensor]:
+        cfg = self.config
+        image = batch["image"].to(self.device)
+        rgb = outputs["rgb"]
+        losses: dict[str, Tensor] = {"rgb_loss": cfg.rgb_loss_mult * torch.mean((rgb - image) ** 2)}
+        if cfg.lpips_loss_mult > 0 and self.perceptual_loss.available and "patch_hw" in batch:
+            h, w = (int(v) for v in batch["patch_hw"])
+            to_patches = lambda x: x.reshape(-1, h, w, 3).permute(0, 3, 1, 2)
+            lpips = self.perceptual_loss(to_patches(rgb), to_patches(image))
+            if lpips is not None:
+                losses["lpips_loss"] = cfg.lpips_loss_mult * lpips
+        if cfg.mask_loss_mult > 0 and "alpha" in batch:
+            alpha = batch["alpha"].to(self.device)
+            losses["mask_loss"] = cfg.mask_loss_mult * torch.mean((outputs["accumulation"] - alpha) ** 2)
+        if cfg.depth_loss_mult > 0 and "depth" in batch:
+            depth = batch["depth"].to(self.device)
+            z = outputs["expected_depth"]
+            if "directions_norm" in outputs:
+                z = z / outputs["directions_norm"]
+            valid = (depth > 0) & (batch["alpha"].to(self.device) > 0.5)
+            if valid.any():
+                losses["depth_loss"] = cfg.depth_loss_mult * torch.abs(z - depth)[valid].mean()
+        if cfg.tv_loss_mult > 0 and "triplanes" in outputs:
+            losses["tv_loss"] = cfg.tv_loss_mult * triplane_tv_loss(outputs["triplanes"])
+        return losses
+
+    @property
+    def perceptual_loss(self) -> PerceptualLoss:
+        """LPIPS on the model's device."""
+        perceptual: PerceptualLoss = self.__dict__["perceptual"]
+        if perceptual.available and next(perceptual.parameters()).device != self.device:
+            perceptual.to(self.device)
+        return perceptual
+
+    def image_metrics(self, rgb: Float[Tensor, "H W 3"], image: Float[Tensor, "H W 3"]) -> dict[str, float]:
+        """PSNR, SSIM and (when available) LPIPS of one rendered view."""
+        rgb = rgb.clamp(0, 1)
+        pred = rgb.permute(2, 0, 1)[None]
+        gt = image.to(rgb.device).permute(2, 0, 1)[None]
+        mse = torch.mean((pred - gt) ** 2)
+        metrics = {
+            "psnr": float(-10.0 * torch.log10(mse.clamp(min=1e-10))),
+            "ssim": float(structural_similarity_index_measure(pred, gt, data_range=1.0)),
+        }
+        lpips = self.perceptual_loss(pred, gt)
+        if lpips is not None:
+            metrics["lpips"] = float(lpips)
+        return metrics
+
+    def get_image_metrics_and_images(
+        self, outputs: dict[str, Tensor], batch: dict[str, Tensor]
+    ) -> tuple[dict[str, float], dict[str, Tensor]]:
+        image = batch["image"].to(self.device)
+        rgb = outputs["rgb"]
+        metrics = self.image_metrics(rgb, image)
+        images = {
+            "img": torch.cat([image, rgb.clamp(0, 1)], dim=1),
+            "accumulation": colormaps.apply_colormap(outputs["accumulation"]),
+            "depth": colormaps.apply_depth_colormap(outputs["depth"], accumulation=outputs["accumulation"]),
+        }
+        if "normals" in outputs:
+            images["normals"] = outputs["normals"]
+        return metrics, images

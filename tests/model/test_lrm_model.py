@@ -1,0 +1,90 @@
+"""LRMModel: outputs, gradients through the whole chain, the display triplane, and CPU-only autocast."""
+
+import pytest
+import torch
+from conftest import tiny_trainer_config
+from nerfstudio.cameras.rays import RayBundle
+
+from lrm_nerfstudio.cameras import canonical_source_camera
+
+
+@pytest.fixture()
+def pipeline(procedural_dataset):
+    torch.manual_seed(0)
+    config = tiny_trainer_config(procedural_dataset)
+    return config.pipeline.setup(device="cpu", test_mode="val")
+
+
+def test_training_forward_and_gradients(pipeline):
+    model = pipeline.model
+    ray_bundle, batch = pipeline.datamanager.next_train(0)
+    outputs = model(ray_bundle, batch["source_images"], batch["source_cameras"])
+    n = len(ray_bundle)
+    assert outputs["rgb"].shape == (n, 3) and outputs["accumulation"].shape == (n, 1)
+    assert outputs["triplanes"].shape[:2] == (batch["source_images"].shape[0], 3)
+    assert all(torch.isfinite(outputs[k]).all() for k in ("rgb", "accumulation", "depth", "expected_depth"))
+    losses = model.get_loss_dict(outputs, batch)
+    assert {"rgb_loss", "mask_loss", "tv_loss"} <= set(losses)
+    sum(losses.values()).backward()
+    for name, module in [
+        ("encoder", model.encoder),
+        ("transformer", model.transformer),
+        ("upsampler", model.upsampler),
+        ("field", model.field),
+    ]:
+        grads = [p.grad for p in module.parameters() if p.requires_grad]
+        assert any(g is not None and g.abs().sum() > 0 for g in grads), f"no gradient reaches the {name}"
+    assert model.transformer.pos_embed.grad.abs().sum() > 0
+    groups = model.get_param_groups()
+    assert set(groups) == {"encoder", "decoder"}
+    assert len(groups["encoder"]) + len(groups["decoder"]) == len(list(model.parameters()))
+
+
+def test_display_triplane_follows_source_and_weights(pipeline):
+    model = pipeline.model
+    bundle = RayBundle(
+        origins=torch.tensor([[0.0, -2.0, 0.0]]),
+        directions=torch.tensor([[0.0, 1.0, 0.0]]),
+        pixel_area=torch.ones(1, 1),
+        camera_indices=torch.zeros(1, 1, dtype=torch.long),
+    )
+    first = model(bundle)  # the pipeline already set the display object's source
+    assert {"rgb", "accumulation", "depth", "normals"} <= set(first)
+    assert 0 <= float(first["normals"].min()) and float(first["normals"].max()) <= 1
+    cached = model.display_triplanes()
+    assert model.display_triplanes() is cached, "re-predicted without a reason"
+
+    with torch.no_grad():
+        for p in model.field.parameters():
+            p.add_(0.5)
+        model.upsampler.deconv.bias.add_(1.0)
+    assert model.display_triplanes() is cached, "must wait for display_refresh_steps"
+    model._step += model.config.display_refresh_steps
+    assert not torch.equal(model.display_triplanes(), cached), "stale triplane after the weights moved on"
+
+    image = torch.rand(3, 32, 32)
+    model.set_display_source(image, canonical_source_camera())
+    expected = model.predict_triplanes(image[None], canonical_source_camera()[None])
+    torch.testing.assert_close(model.display_triplanes(), expected)
+
+
+def test_rgba_uses_accumulation(pipeline):
+    outputs = {
+        "rgb_premultiplied": torch.tensor([[0.2, 0.4, 0.0]]),
+        "accumulation": torch.tensor([[0.5]]),
+        "rgb": torch.tensor([[0.7, 0.9, 0.5]]),
+    }
+    rgba = pipeline.model.get_rgba_image(outputs)
+    torch.testing.assert_close(rgba, torch.tensor([[0.4, 0.8, 0.0, 0.5]]))
+
+
+def test_autocast_is_cuda_only(pipeline):
+    model = pipeline.model
+    assert model.config.amp_dtype == "bfloat16"
+    planes = model.predict_triplanes(torch.rand(1, 3, 32, 32), canonical_source_camera()[None])
+    assert planes.dtype == torch.float32
+    assert not model._autocast(torch.device("cpu"))._enabled, "bf16 autocast on this CPU is very slow"
+
+
+def test_lpips_module_not_in_checkpoint(pipeline):
+    assert not any("perceptual" in key or "lpips" in key for key in pipeline.state_dict())

@@ -1,0 +1,31 @@
+"""The methods are registered through nerfstudio's entry points."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from nerfstudio.plugins.registry import discover_methods
+
+from lrm_nerfstudio.lrm_pipeline import LRMPipelineConfig
+
+
+def test_entry_points_load():
+    methods, descriptions = discover_methods()
+    for name in ("lrm", "lrm-tiny"):
+        assert name in methods, f"{name} missing from nerfstudio.method_configs"
+        assert isinstance(methods[name].pipeline, LRMPipelineConfig)
+        assert methods[name].viewer.websocket_host == "127.0.0.1"
+    paper = methods["lrm"].pipeline.model
+    assert (paper.transformer.num_layers, paper.transformer.inner_dim, paper.transformer.triplane_low_res) == (
+        16,
+        1024,
+        32,
+    )
+    assert paper.upsampler.out_dim == 80 and paper.encoder.pretrained == "facebook/dino-vitb16"
+
+
+def test_ns_train_help_lists_lrm():
+    ns_train = Path(sys.executable).parent / "ns-train"
+    out = subprocess.run([str(ns_train), "--help"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "lrm-tiny" in out.stdout and "lrm " in out.stdout.replace("\n", " ")
