@@ -13,7 +13,7 @@ def ns(tool: str) -> str:
 
 
 def run(cmd, timeout=600):
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    out = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, f"{' '.join(cmd)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     return out
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 from jaxtyping import Float
@@ -47,8 +47,8 @@ class PerceptualLoss(nn.Module):
     def __init__(self, net: PerceptualNet = "vgg", enabled: bool = True) -> None:
         super().__init__()
         self.net_name = net
-        self.lpips: Optional[nn.Module] = None
-        self.unavailable_reason: Optional[str] = None
+        self.lpips: nn.Module | None = None
+        self.unavailable_reason: str | None = None
         if not enabled:
             self.unavailable_reason = "disabled in the config"
             return
@@ -75,7 +75,7 @@ class PerceptualLoss(nn.Module):
     def available(self) -> bool:
         return self.lpips is not None
 
-    def train(self, mode: bool = True) -> "PerceptualLoss":
+    def train(self, mode: bool = True) -> PerceptualLoss:
         super().train(mode)
         if self.lpips is not None:  # dropout in the LPIPS heads must stay off
             self.lpips.eval()
@@ -83,7 +83,7 @@ class PerceptualLoss(nn.Module):
 
     def forward(
         self, pred: Float[Tensor, "P 3 h w"], target: Float[Tensor, "P 3 h w"]
-    ) -> Optional[Float[Tensor, ""]]:
+    ) -> Float[Tensor, ""] | None:
         """Mean LPIPS over patches with values in [0, 1]; None when LPIPS is unavailable."""
         if self.lpips is None:
             return None
