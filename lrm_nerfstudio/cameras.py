@@ -21,9 +21,7 @@ CANONICAL_FOCAL = 0.75
 WORLD_UP = (0.0, 0.0, 1.0)
 
 
-def look_at(
-    eye: Float[np.ndarray, 3], target: Float[np.ndarray, 3] = np.zeros(3), up=WORLD_UP
-) -> Float[np.ndarray, "3 4"]:
+def look_at(eye: Float[np.ndarray, "3"], target=(0.0, 0.0, 0.0), up=WORLD_UP) -> Float[np.ndarray, "3 4"]:
     """Camera-to-world matrix (OpenGL) of a camera at `eye` looking at `target`."""
     eye = np.asarray(eye, dtype=np.float64)
     forward = np.asarray(target, dtype=np.float64) - eye
@@ -41,7 +39,7 @@ def look_at(
     return c2w
 
 
-def spherical_eye(distance: float, azimuth_deg: float, elevation_deg: float) -> Float[np.ndarray, 3]:
+def spherical_eye(distance: float, azimuth_deg: float, elevation_deg: float) -> Float[np.ndarray, "3"]:
     """Position on a sphere; azimuth 0 and elevation 0 is the canonical -Y direction."""
     az, el = np.deg2rad(azimuth_deg), np.deg2rad(elevation_deg)
     return distance * np.array([np.sin(az) * np.cos(el), -np.cos(az) * np.cos(el), np.sin(el)])
@@ -66,7 +64,9 @@ def camera_vector(
     return torch.cat([c2w.reshape(*c2w.shape[:-2], 12), intr.to(c2w.dtype)], dim=-1)
 
 
-def canonical_source_camera(distance: float = CANONICAL_DISTANCE, focal: float = CANONICAL_FOCAL) -> Float[Tensor, 16]:
+def canonical_source_camera(
+    distance: float = CANONICAL_DISTANCE, focal: float = CANONICAL_FOCAL
+) -> Float[Tensor, "16"]:
     """Camera vector of the canonical source camera (principal point at the image centre)."""
     c2w = torch.from_numpy(canonical_c2w(distance)).float()
     one = torch.tensor(1.0)
