@@ -196,7 +196,7 @@ class LRMModel(Model):
         return outputs
 
     # ----------------------------------------------------------------------------------------------- display state
-    def set_display_source(self, image: Float[Tensor, "3 H W"], camera: Float[Tensor, 16]) -> None:
+    def set_display_source(self, image: Float[Tensor, "3 H W"], camera: Float[Tensor, "16"]) -> None:
         """Choose the reconstruction that source-less calls (viewer, exporters) render."""
         with self._display_lock:
             self._display_source = (image.detach().to(self.device), camera.detach().to(self.device))
