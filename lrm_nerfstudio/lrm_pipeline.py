@@ -14,6 +14,7 @@ from torch import Tensor
 
 from lrm_nerfstudio.data.lrm_datamanager import LRMDataManager, LRMDataManagerConfig
 from lrm_nerfstudio.model.lrm_model import LRMModel, LRMModelConfig
+from lrm_nerfstudio.viewer_controls import LRMViewerControls
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -50,6 +51,8 @@ class LRMPipeline(VanillaPipeline):
         super().__init__(config, device, **kwargs)
         image, camera, _ = self.datamanager.display_source
         self.model.set_display_source(image, camera)
+        self.viewer_controls = LRMViewerControls(self)
+        """Object picker, source image, re-run and upload controls; nerfstudio's viewer finds them by itself."""
 
     @property
     def model(self) -> LRMModel:
