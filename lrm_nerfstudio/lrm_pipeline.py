@@ -14,6 +14,9 @@ from torch import Tensor
 
 from lrm_nerfstudio.data.lrm_datamanager import LRMDataManager, LRMDataManagerConfig
 from lrm_nerfstudio.model.lrm_model import LRMModel, LRMModelConfig
+from lrm_nerfstudio.training import distributed
+from lrm_nerfstudio.training.deferred import deferred_backward
+from lrm_nerfstudio.training.determinism import seed_torch_for_step
 from lrm_nerfstudio.viewer_controls import LRMViewerControls
 
 
@@ -34,6 +37,14 @@ class LRMPipelineConfig(VanillaPipelineConfig):
     """Held-out split of `ns-eval` and the full evaluation."""
     eval_max_objects: int | None = None
     """Evaluate at most this many held-out objects (None: all)."""
+    deferred_backprop: bool = False
+    """Deferred back-propagation (ARF §4.2): render memory bounded by deferred_chunk_rays, not the patch size."""
+    deferred_chunk_rays: int = 4096
+    """Rays rendered at once (with and without a graph) under deferred back-propagation."""
+
+    def __post_init__(self) -> None:
+        # `ns-train --machine.device-type cpu --machine.num-devices N` needs this (training/distributed.py)
+        distributed.install_cpu_launcher()
 
 
 class LRMPipeline(VanillaPipeline):
@@ -70,10 +81,16 @@ class LRMPipeline(VanillaPipeline):
         return self._model(ray_bundle, batch["source_images"].to(self.device), batch["source_cameras"].to(self.device))
 
     def get_train_loss_dict(self, step: int):
+        # the samplers' jitter comes from torch's global RNG: seed it per step so that a resumed run repeats
+        seed_torch_for_step(self.datamanager.config.seed, step, distributed.global_rank())
         ray_bundle, batch = self.datamanager.next_train(step)
-        outputs = self._forward_batch(ray_bundle, batch)
-        metrics_dict = self.model.get_metrics_dict(outputs, batch)
-        loss_dict = self.model.get_loss_dict(outputs, batch, metrics_dict)
+        if self.config.deferred_backprop:
+            outputs, loss_dict = self._deferred_step(ray_bundle, batch)
+            metrics_dict = self.model.get_metrics_dict(outputs, batch)
+        else:
+            outputs = self._forward_batch(ray_bundle, batch)
+            metrics_dict = self.model.get_metrics_dict(outputs, batch)
+            loss_dict = self.model.get_loss_dict(outputs, batch, metrics_dict)
         bad = {name: float(value) for name, value in loss_dict.items() if not torch.isfinite(value).all()}
         if bad:
             raise NonFiniteLossError(
@@ -82,6 +99,28 @@ class LRMPipeline(VanillaPipeline):
                 "lower learning rate, stronger gradient clipping (optimizers.*.optimizer.max-norm) or fp32."
             )
         return outputs, loss_dict, metrics_dict
+
+    def _deferred_step(self, ray_bundle, batch: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Tensor]]:
+        """Forward and backward by deferred back-propagation; the returned losses' backward adds nothing.
+
+        The trainer zeroes the gradients before `get_train_loss_dict` and calls `loss.backward()` after it, so the
+        gradients are complete here and the returned losses are detached leaves. DDP's hooks only fire after a
+        forward through DDP, which this path bypasses, so the gradients are averaged across ranks here.
+        """
+        scaler = self.model.kwargs.get("grad_scaler")
+        scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
+        outputs, loss_dict = deferred_backward(
+            self.model,
+            ray_bundle,
+            batch,
+            batch["source_images"].to(self.device),
+            batch["source_cameras"].to(self.device),
+            chunk_rays=self.config.deferred_chunk_rays,
+            seed=int(torch.randint(0, 2**62, ())),  # drawn from the step-seeded RNG
+            grad_scale=scale,
+        )
+        distributed.average_gradients(self.model.parameters())
+        return outputs, {name: value.requires_grad_(True) for name, value in loss_dict.items()}
 
     def get_eval_loss_dict(self, step: int):
         self.eval()

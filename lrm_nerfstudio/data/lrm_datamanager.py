@@ -487,7 +487,8 @@ class LRMDataManager(VanillaDataManager):
         obj_idx = torch.arange(n_obj).repeat_interleave(m * p * p)[:, None]
         ray_bundle.camera_indices = obj_idx
         bg = data["background"][obj_idx[:, 0]]
-        ray_bundle.metadata = {"object_index": obj_idx, "background_color": bg}
+        # keep nerfstudio's "directions_norm" (ray distance -> z-depth for the depth loss)
+        ray_bundle.metadata = {**(ray_bundle.metadata or {}), "object_index": obj_idx, "background_color": bg}
         batch: dict[str, Any] = {
             "image": data["image"].reshape(-1, 3),
             "alpha": data["alpha"].reshape(-1, 1),
@@ -637,7 +638,7 @@ class LRMDataManager(VanillaDataManager):
             return rgb
         return preprocess_image(path, size=s, background_color=tuple(float(c) for c in bg)).image.float()
 
-    def get_display_source(self, ref: str) -> tuple[Float[Tensor, "3 H W"], Float[Tensor, 16], str]:
+    def get_display_source(self, ref: str) -> tuple[Float[Tensor, "3 H W"], Float[Tensor, "16"], str]:
         """(source image, camera vector, name) of an object id (any split; canonical view 0) or an image path.
 
         Raises:
@@ -699,7 +700,7 @@ class LRMDataManager(VanillaDataManager):
         zeros = torch.zeros(n, 1, dtype=torch.long)
         ray_bundle.camera_indices = zeros
         bg = torch.from_numpy(self._display["bg"]).expand(n, 3).contiguous()
-        ray_bundle.metadata = {"object_index": zeros, "background_color": bg}
+        ray_bundle.metadata = {**(ray_bundle.metadata or {}), "object_index": zeros, "background_color": bg}
         batch["source_images"] = self._display["source_image"][None]
         batch["source_cameras"] = self._display["source_camera"][None]
         batch["object_ids"] = [self._display["name"]]

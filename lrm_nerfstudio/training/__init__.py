@@ -1,0 +1,1 @@
+"""Training at scale: deferred back-propagation, progressive resolution, per-step seeding, distributed helpers."""
