@@ -22,12 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from nerfstudio.utils.rich_utils import CONSOLE
-from nerfstudio.viewer.viewer_elements import ViewerButton, ViewerDropdown, ViewerElement
+from nerfstudio.viewer.viewer_elements import ViewerButton, ViewerControl, ViewerDropdown, ViewerElement
 from PIL import Image
 from torch import Tensor, nn
 from viser import ViserServer
 from viser._gui_handles import UploadedFile
 
+from lrm_nerfstudio.cameras import WORLD_UP, spherical_eye
 from lrm_nerfstudio.data.image_preprocess import ImageInputError, preprocess_image_bytes
 
 if TYPE_CHECKING:
@@ -39,6 +40,10 @@ MAX_LISTED_PER_SPLIT = 2000
 """A browser dropdown with more entries than this becomes unusable; the rest stay reachable by upload/CLI."""
 UPLOAD_MIME_TYPE = "image/*"
 """What the browser's file picker offers; anything else still reaches the server's checks."""
+START_VIEW = (2.6, 30.0, 20.0)
+"""(distance, azimuth, elevation in degrees) of a new browser's camera: a three-quarter view of the [-1, 1]^3 box."""
+VISER_SCALE = 10.0
+"""nerfstudio's viewer draws the scene 10x larger (`nerfstudio.viewer.viewer.VISER_NERFSTUDIO_SCALE_RATIO`)."""
 
 
 class ViewerMarkdown(ViewerElement[str]):
@@ -91,6 +96,22 @@ class ViewerUpload(ViewerElement[UploadedFile]):
         return self.gui_handle.value if self.gui_handle is not None else UploadedFile("", b"")  # type: ignore[union-attr]
 
 
+class StartView(ViewerControl):
+    """Points each newly connected browser at the object: viser's default camera sits inside the scene box, where a
+    reconstruction looks like fog."""
+
+    def _setup(self, viewer) -> None:
+        super()._setup(viewer)
+        self.viser_server.on_client_connect(self.look_at_object)
+
+    @staticmethod
+    def look_at_object(client) -> None:
+        with client.atomic():
+            client.camera.up_direction = WORLD_UP
+            client.camera.position = tuple(float(v) * VISER_SCALE for v in spherical_eye(*START_VIEW))
+            client.camera.look_at = (0.0, 0.0, 0.0)
+
+
 def image_data_uri(image: Tensor) -> str:
     """[3, H, W] RGB in [0, 1] -> a PNG data URI."""
     array = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
@@ -141,6 +162,7 @@ class LRMViewerControls(nn.Module):
             hint="An RGBA image, or RGB on a plain background: reconstructed from the current weights",
         )
         self.e_status = ViewerMarkdown("Status")
+        self.start_view = StartView()
         self._show_source()
 
     # Private on purpose: the viewer's attribute walk follows public nn.Module attributes and would loop back here.

@@ -1,0 +1,149 @@
+"""The real nerfstudio viewer, as `ns-train lrm-tiny` starts it with its trainer, in a headless Chromium: it draws the reconstruction, redraws
+it when another object is picked in the page's dropdown, and again after training steps.
+
+Set LRM_UPDATE_SCREENSHOT=1 to also copy the screenshot to docs/viewer_screenshot.png.
+"""
+
+import io
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_trainer_config
+from PIL import Image
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    # viser draws with WebGL; without a GPU only the SwiftShader software rasteriser provides it.
+    "--use-gl=angle",
+    "--use-angle=swiftshader",
+    "--enable-unsafe-swiftshader",
+]
+VIEWPORT = {"width": 1100, "height": 700}
+FAILURE_SCREENSHOT = Path("/tmp/lrm_viewer_test_failure.png")
+DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "viewer_screenshot.png"
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(condition, timeout: float, what: str, interval: float = 0.25):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def render_region(page, width: int) -> np.ndarray:
+    """The part of the page where the viewer draws the render (left of the control panel), as float RGB."""
+    shot = np.asarray(Image.open(io.BytesIO(page.screenshot())).convert("RGB"), dtype=np.float32)
+    return shot[60:, :width]
+
+
+def settled_render(page, width: int, before: np.ndarray | None, timeout: float) -> np.ndarray:
+    """The render region once it differs from `before` (if given) and two looks 1 s apart agree (the viewer goes
+    from a low-resolution to a full-resolution render, then stops)."""
+    deadline = time.monotonic() + timeout
+    last = render_region(page, width)
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = render_region(page, width)
+        # no `before`: wait for a drawing at all (the empty scene is a flat dark grey)
+        changed = now.std() > 5.0 if before is None else np.abs(now - before).mean() > 1.0
+        if changed and np.abs(now - last).mean() < 0.05:
+            return now
+        last = now
+    Image.fromarray(last.astype(np.uint8)).save(FAILURE_SCREENSHOT)
+    raise AssertionError(
+        f"the render did not {'appear' if before is None else 'change'} within {timeout:.0f} s "
+        f"(last look: {FAILURE_SCREENSHOT})"
+    )
+
+
+@pytest.fixture()
+def trainer(procedural_dataset, tmp_path):
+    """nerfstudio's own Trainer with its live viewer, as `ns-train lrm-tiny --vis viewer` builds it (not yet run)."""
+    from nerfstudio.engine.trainer import Trainer
+
+    torch.manual_seed(0)
+    config = tiny_trainer_config(procedural_dataset)
+    config.vis = "viewer"
+    config.output_dir = tmp_path / "outputs"
+    config.viewer.websocket_port = free_port()
+    config.viewer.quit_on_train_completion = True  # train() returns; the viser server keeps serving
+    config.max_num_iterations = int(os.environ.get("LRM_VIEWER_TRAIN_STEPS", "40"))
+    config.steps_per_save = 10**6
+    config.steps_per_eval_batch = config.steps_per_eval_image = config.steps_per_eval_all_images = 10**6
+    config.set_timestamp()
+    config.get_base_dir().mkdir(parents=True)  # as ns-train's main() does before building the trainer
+    config.save_config()
+    trainer = Trainer(config, local_rank=0, world_size=1)
+    trainer.setup()
+    trainer.viewer_state.control_panel._max_res.value = 128  # keeps each CPU render to about a second
+    yield trainer
+    trainer.viewer_state.viser_server.stop()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium); CI installs it")
+def test_viewer_renders_follows_training_and_the_dropdown(trainer, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    state, pipeline, config = trainer.viewer_state, trainer.pipeline, trainer.config
+    assert config.viewer.websocket_host == "127.0.0.1"
+    url = f"http://127.0.0.1:{config.viewer.websocket_port}"
+    width = VIEWPORT["width"] - 340  # the control panel covers the right of the canvas
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000)
+        try:
+            page = browser.new_page(viewport=VIEWPORT)
+            page.set_default_timeout(20_000)
+            page.goto(url, wait_until="domcontentloaded")
+            page.locator("canvas").first.wait_for(state="visible")
+            wait_for(lambda: len(state.render_statemachines) > 0, 20, "the browser to connect")
+
+            # 1. The untrained reconstruction of the default object is drawn.
+            untrained = settled_render(page, width, None, timeout=60)
+
+            # 2. Training moves the weights; the viewer's own schedule (every 30 steps) redraws with the re-predicted
+            #    triplane.
+            trainer.train()
+            trained = settled_render(page, width, untrained, timeout=40)
+            page.screenshot(path=tmp_path / "trained.png")
+
+            # 3. Picking another object in the page's dropdown shows that object.
+            before_ref = pipeline.datamanager.display_ref
+            target = pipeline.datamanager.list_objects()["train"][0]
+            page.get_by_label("Object", exact=True).click()
+            page.get_by_role("option", name=f"train/{target}", exact=True).click()
+            wait_for(lambda: pipeline.datamanager.display_ref == target, 20, "the display object to switch")
+            assert before_ref != target
+            other = settled_render(page, width, trained, timeout=40)
+            assert other.std() > 5.0
+            page.screenshot(path=tmp_path / "other_object.png")
+            assert target in page.content()  # the source-image panel names the new object
+        finally:
+            browser.close()
+    if os.environ.get("LRM_UPDATE_SCREENSHOT"):
+        Image.open(tmp_path / "other_object.png").save(DOCS_SCREENSHOT, optimize=True)
