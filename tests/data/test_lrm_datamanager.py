@@ -42,6 +42,9 @@ def test_batch_shapes(ds: Path):
     assert torch.equal(rb.camera_indices, rb.metadata["object_index"])
     assert torch.equal(rb.metadata["object_index"][:, 0], torch.arange(2).repeat_interleave(3 * P * P))
     assert rb.metadata["background_color"].shape == (n, 3)
+    # nerfstudio's directions_norm survives: the depth loss divides ray distance by it to compare with z-depth
+    norm = rb.metadata["directions_norm"]
+    assert norm.shape == (n, 1) and (norm >= 1 - 1e-6).all() and norm.max() > 1.001
     assert batch["image"].shape == (n, 3) and batch["alpha"].shape == (n, 1) and batch["depth"].shape == (n, 1)
     assert batch["source_images"].shape == (2, 3, 32, 32) and batch["source_cameras"].shape == (2, 16)
     assert batch["patch_hw"] == (P, P) and len(batch["object_ids"]) == 2
