@@ -76,6 +76,8 @@ class LRMDataManagerConfig(VanillaDataManagerConfig):
     """Source view: canonical = view 0 (the canonical front view); random = any view."""
     display_object: str | None = None
     """Object id or image path shown in test mode / the viewer; None = first test, else val, else train object."""
+    photo_foreground_ratio: float = 0.85
+    """Object size / image side after recentring a photo given as display object or --data (image_preprocess)."""
     max_display_views: int = 32
     """At most this many views of the display object (viewer cameras, test-mode rays)."""
     load_depth: bool = False
@@ -636,7 +638,8 @@ class LRMDataManager(VanillaDataManager):
         except ImportError:
             rgb, _ = _composite(_resize(_premultiplied(load_rgba(path)), (s, s)), bg)
             return rgb
-        return preprocess_image(path, size=s, background_color=tuple(float(c) for c in bg)).image.float()
+        ratio, color = self.config.photo_foreground_ratio, tuple(float(c) for c in bg)
+        return preprocess_image(path, size=s, foreground_ratio=ratio, background_color=color).image.float()
 
     def get_display_source(self, ref: str) -> tuple[Float[Tensor, "3 H W"], Float[Tensor, "16"], str]:
         """(source image, camera vector, name) of an object id (any split; canonical view 0) or an image path.
