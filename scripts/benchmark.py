@@ -1,0 +1,455 @@
+"""Benchmark the `lrm` / `lrm-tiny` methods on this machine; prints one JSON document to stdout (progress: stderr).
+
+Per method: parameter counts (total and per part), image->triplane latency, render throughput, one full training
+step (a real batch from LRMDataManager on a small generated dataset, forward + backward + AdamW step) with its peak
+memory, and the triplane transformer's matmul efficiency against this machine's fp32 matmul peak measured in the same
+run. A memory section measures the peak of training steps at growing patch sizes with and without deferred
+back-propagation. Every training step runs in a fresh subprocess so that its peak memory is its own (on CPU the peak
+RSS, `getrusage(RUSAGE_SELF).ru_maxrss`, only grows within a process).
+
+    uv run python scripts/benchmark.py                       # lrm-tiny and lrm, all sections (minutes on 2 cores)
+    uv run python scripts/benchmark.py --methods lrm-tiny    # the CPU-sized method only
+    uv run python scripts/benchmark.py --quick               # tiny sizes, < 1 min (what the test runs)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from copy import deepcopy
+from pathlib import Path
+from typing import Any
+
+import torch
+
+METHODS = ("lrm-tiny", "lrm")
+TINY_STEP_TARGET_S = 3.0
+"""Target: one lrm-tiny training step (4 objects x 4 views x 32^2 rays) on the 2-core CPU."""
+MATMUL_TARGET_PCT = 60.0
+"""Target: the triplane transformer's matmul throughput as a percentage of the measured fp32 matmul peak."""
+DEFERRED_RATIO_TARGET = 1.5
+"""Target: with deferred back-propagation, peak memory at the largest patch within this factor of the smallest."""
+
+
+def log(msg: str) -> None:
+    print(f"[benchmark] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------------- configs
+def method_config(method: str, quick: bool):
+    """The registered method's TrainerConfig (a copy); `quick` shrinks it to test sizes (< 1 s per step)."""
+    from lrm_nerfstudio.lrm_config import lrm_method, lrm_tiny_method
+
+    config = deepcopy({"lrm": lrm_method, "lrm-tiny": lrm_tiny_method}[method].config)
+    if quick:
+        dm, model = config.pipeline.datamanager, config.pipeline.model
+        dm.objects_per_batch, dm.target_views_per_object, dm.patch_size = 2, 2, 16
+        dm.render_resolution_range, dm.source_resolution = (16, 32), 32
+        model.encoder.pretrained = None
+        model.encoder.image_size, model.encoder.patch_size = 32, 8
+        model.encoder.hidden_size, model.encoder.num_layers, model.encoder.num_heads = 64, 2, 2
+        model.transformer.triplane_low_res, model.transformer.inner_dim = 8, 64
+        model.transformer.num_layers, model.transformer.num_heads = 2, 2
+        model.camera_embedder.embed_dim, model.upsampler.out_dim = 64, 8
+        model.field.hidden_dim, model.num_coarse_samples, model.num_importance_samples = 32, 8, 8
+    return config
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device available")
+    return device
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], Any], device: str, repeats: int, warmup: int = 1) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def summary(times: list[float]) -> dict[str, Any]:
+    return {"median_s": statistics.median(times), "min_s": min(times), "runs": len(times)}
+
+
+def generate_dataset(root: Path, quick: bool) -> Path:
+    from lrm_nerfstudio.generate.generate import GenerateConfig
+    from lrm_nerfstudio.generate.generate import main as generate
+
+    n = 4 if quick else 8
+    generate(GenerateConfig(output=root, num_objects=n, num_views=6, resolution=32 if quick else 64, seed=0,
+                            workers=1, progress=False))  # fmt: skip
+    return root
+
+
+# --------------------------------------------------------------------------------------------------- fp32 peak
+def matmul_peak_gflops(device: str, size: int, repeats: int) -> float:
+    """Best-of-`repeats` fp32 GFLOP/s of a square `size`^3 matmul (TF32 off on CUDA: a true fp32 peak)."""
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    inner = 4 if device == "cpu" else 20
+    best = min(timed(lambda: [torch.mm(a, b) for _ in range(inner)], device, repeats))
+    return inner * 2 * size**3 / best / 1e9
+
+
+# --------------------------------------------------------------------------------------------------- in-process parts
+def build_model(config, device: str):
+    from lrm_nerfstudio.data.lrm_dataparser import unit_scene_box
+
+    model = config.pipeline.model.setup(scene_box=unit_scene_box(), num_train_data=1, metadata={})
+    return model.to(device).eval()
+
+
+def count_params(model) -> dict[str, int]:
+    parts = ("encoder", "camera_embedder", "transformer", "upsampler", "field")
+    out = {p: sum(t.numel() for t in getattr(model, p).parameters()) for p in parts}
+    out["total"] = sum(t.numel() for t in model.parameters())
+    return out
+
+
+def source_batch(config, batch: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    from lrm_nerfstudio.cameras import canonical_source_camera
+
+    s = config.pipeline.model.encoder.image_size
+    images = torch.rand(batch, 3, s, s, device=device)
+    cameras = canonical_source_camera().expand(batch, 16).clone().to(device)
+    return images, cameras
+
+
+def measure_latency(model, config, device: str, repeats: int) -> dict[str, Any]:
+    images, cameras = source_batch(config, 1, device)
+    with torch.no_grad():
+        times = timed(lambda: model.predict_triplanes(images, cameras), device, repeats)
+        triplanes = model.predict_triplanes(images, cameras)
+    return {"batch": 1, "image_size": images.shape[-1], "triplane_shape": list(triplanes.shape), **summary(times)}
+
+
+def measure_render(model, device: str, num_rays: int, repeats: int) -> dict[str, Any]:
+    from nerfstudio.cameras.rays import RayBundle
+
+    from lrm_nerfstudio.cameras import canonical_source_camera
+
+    config = model.config
+    images = torch.rand(1, 3, config.encoder.image_size, config.encoder.image_size, device=device)
+    cameras = canonical_source_camera()[None].to(device)
+    g = torch.Generator().manual_seed(0)
+    origins = torch.tensor([0.0, -2.0, 0.0]) + 0.2 * torch.randn(num_rays, 3, generator=g)
+    directions = torch.nn.functional.normalize(-origins + 0.3 * torch.randn(num_rays, 3, generator=g), dim=-1)
+    bundle = RayBundle(
+        origins=origins, directions=directions, pixel_area=torch.ones(num_rays, 1), camera_indices=torch.zeros(
+            num_rays, 1, dtype=torch.long), metadata={"object_index": torch.zeros(num_rays, 1, dtype=torch.long)},
+    ).to(device)  # fmt: skip
+    with torch.no_grad():
+        triplanes = model.predict_triplanes(images, cameras)
+        times = timed(lambda: model.render_triplanes(bundle, triplanes), device, repeats)
+    med = statistics.median(times)
+    coarse, fine = config.num_coarse_samples, config.num_importance_samples
+    return {
+        "rays": num_rays,
+        "samples_per_ray": coarse + fine,
+        "field_evaluations_per_ray": coarse + (coarse + fine),  # the fine pass re-evaluates the coarse samples
+        **summary(times),
+        "rays_per_s": num_rays / med,
+    }
+
+
+def measure_transformer(model, config, device: str, batch: int, repeats: int, peak: float) -> dict[str, Any]:
+    """No-grad forward of the triplane transformer on real encoder tokens: matmul FLOPs / median time vs peak."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    images, cameras = source_batch(config, batch, device)
+    tr = model.transformer
+    with torch.no_grad():
+        tokens, emb = model.encoder(images), model.camera_embedder(cameras)
+        flops = tr.matmul_flops(batch, tokens.shape[1])
+        times = timed(lambda: tr(tokens, emb), device, repeats)
+    # (its module tracker fails under no_grad; on CPU it does not count the fused SDPA kernel, hence the analytic count)
+    with FlopCounterMode(display=False) as counter:
+        tr(tokens, emb)
+    med = statistics.median(times)
+    gflops = flops / med / 1e9
+    return {
+        "batch": batch,
+        "tokens": 3 * tr.config.triplane_low_res**2,
+        "image_tokens": tokens.shape[1],
+        "inner_dim": tr.config.inner_dim,
+        "forward_gflop": flops / 1e9,
+        "forward_gflop_flop_counter_without_attention": counter.get_total_flops() / 1e9,
+        "flops_source": "analytic (TriplaneTransformer.matmul_flops: Linear + attention matmuls)",
+        **summary(times),
+        "gflops": gflops,
+        "pct_of_fp32_peak": 100.0 * gflops / peak,
+    }
+
+
+# --------------------------------------------------------------------------------------------------- training step
+def _vm_kib(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (Linux >= 4.0: `5 > /proc/self/clear_refs`); False where not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes(was_reset: bool) -> int:
+    """VmHWM since the last reset, or the process's lifetime ru_maxrss where no reset was possible."""
+    if was_reset:
+        return _vm_kib("VmHWM") * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def train_step_child(spec: dict[str, Any]) -> dict[str, Any]:
+    """One configuration's training steps in this (fresh) process: step time and peak memory of the step."""
+    from nerfstudio.engine.optimizers import Optimizers
+
+    device = spec["device"]
+    torch.set_num_threads(spec["threads"])
+    torch.manual_seed(0)
+    config = method_config(spec["method"], spec["quick"])
+    dm, pipe = config.pipeline.datamanager, config.pipeline
+    dm.data, dm.num_workers = Path(spec["data"]), 0
+    for key in ("objects_per_batch", "target_views_per_object", "patch_size", "source_resolution"):
+        if spec.get(key) is not None:
+            setattr(dm, key, spec[key])
+    if spec.get("patch_size") is not None:
+        dm.render_resolution_range = (dm.patch_size, max(dm.patch_size, dm.render_resolution_range[1]))
+    pipe.deferred_backprop = spec["deferred"]
+    pipe.deferred_chunk_rays = spec["chunk_rays"]
+    pipeline = pipe.setup(device=device, test_mode="val")
+    pipeline.train()
+    optimizers = Optimizers(config.optimizers, pipeline.get_param_groups())
+
+    t = time.perf_counter()
+    cached = pipeline.datamanager.next_train(0)
+    data_s = time.perf_counter() - t
+    pipeline.datamanager.next_train = lambda step: cached  # time the model, not the PNG decoding
+
+    counter = iter(range(10**6))
+
+    def step() -> None:
+        i = next(counter)
+        optimizers.zero_grad_all()
+        _, loss_dict, _ = pipeline.get_train_loss_dict(i)
+        sum(loss_dict.values()).backward()
+        optimizers.optimizer_step_all()
+        optimizers.scheduler_step_all(i)
+
+    for _ in range(spec["warmup"]):  # allocates the optimiser state and gradients: not part of the step's peak
+        step()
+    sync(device)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base, was_reset = _vm_kib("VmRSS") * 1024, reset_peak_rss()
+    times = timed(step, device, spec["repeats"], warmup=0)
+    peak = torch.cuda.max_memory_allocated() if device == "cuda" else peak_rss_bytes(was_reset)
+    out: dict[str, Any] = {
+        "rays": len(cached[0]),
+        "objects": dm.objects_per_batch,
+        "views_per_object": dm.target_views_per_object,
+        "patch": dm.patch_size,
+        "deferred_backprop": pipe.deferred_backprop,
+        "lpips_available": bool(pipeline.model.perceptual_loss.available),
+        "warmup_steps": spec["warmup"],
+        **summary(times),
+        "data_load_s": data_s,
+    }
+    out.update(peak_memory_bytes=peak, peak_memory_delta_bytes=peak - base)
+    if device == "cpu":
+        out["peak_rss_reset"] = was_reset
+    return out
+
+
+PRELOAD = ["torch", "nerfstudio.pipelines.base_pipeline", "nerfstudio.engine.optimizers", "lrm_nerfstudio.lrm_config"]
+"""Imported once by the fork server, so that each fresh measurement process starts in well under a second."""
+
+
+def run_child(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run `train_step_child(spec)` in a fresh process (clean peak memory), forked from a preloaded fork server."""
+    # A fixed mmap threshold stops glibc from keeping freed tensors resident (its threshold otherwise grows after
+    # each large free), so the RSS follows live memory. Read when the fork server starts, inherited by its forks.
+    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 20))
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx, max_tasks_per_child=1) as pool:
+        return pool.submit(train_step_child, spec).result()
+
+
+def memory_method(device: str) -> str:
+    if device == "cuda":
+        return "torch.cuda.max_memory_allocated() (reset before the steps); delta = minus memory_allocated() before"
+    return (
+        "peak RSS (VmHWM, reset through /proc/self/clear_refs just before the steps; ru_maxrss where the reset is "
+        "not allowed) of a fresh process per measurement, forked from a fork server that only imported modules; "
+        "glibc MALLOC_MMAP_THRESHOLD_=1MiB so freed tensors leave the RSS; delta = peak minus the RSS just before "
+        "the timed steps (model, optimiser state from the warm-up step and the batch already resident)"
+    )
+
+
+def benchmark_method(method: str, args, device: str, data: Path, peak: float) -> dict[str, Any]:
+    quick, full = args.quick, method == "lrm" and not args.quick
+    config = method_config(method, quick)
+    mc, dmc = config.pipeline.model, config.pipeline.datamanager
+    log(f"{method}: building the model")
+    torch.manual_seed(0)
+    model = build_model(config, device)
+    result: dict[str, Any] = {
+        "sizes": {
+            "encoder": f"{mc.encoder.image_size}px/p{mc.encoder.patch_size} {mc.encoder.num_layers}x"
+            f"{mc.encoder.hidden_size}",
+            "transformer": f"{mc.transformer.num_layers}x{mc.transformer.inner_dim}, tokens "
+            f"3x{mc.transformer.triplane_low_res}^2",
+            "triplane": f"3x{mc.upsampler.out_dim}x{2 * mc.transformer.triplane_low_res}^2",
+            "samples_per_ray": f"{mc.num_coarse_samples}+{mc.num_importance_samples}",
+        },
+        "params": count_params(model),
+    }
+    repeats = 1 if quick else (2 if full else args.repeats)
+    log(f"{method}: image->triplane latency")
+    result["image_to_triplane"] = measure_latency(model, config, device, repeats)
+    log(f"{method}: render throughput")
+    result["render"] = measure_render(model, device, 1024 if quick else 4096, repeats)
+    log(f"{method}: transformer matmul efficiency")
+    tr = measure_transformer(model, config, device, dmc.objects_per_batch if not full else 1, repeats, peak)
+    tr["target_pct"] = MATMUL_TARGET_PCT
+    tr["pass"] = tr["pct_of_fp32_peak"] >= MATMUL_TARGET_PCT
+    result["transformer"] = tr
+    if not quick and not full:
+        big = measure_transformer(model, config, device, 4 * dmc.objects_per_batch, repeats, peak)
+        result["transformer_larger_batch"] = big
+    del model
+
+    log(f"{method}: training step (fresh subprocess)")
+    spec = {"method": method, "quick": quick, "device": device, "threads": args.threads, "data": str(data),
+            "deferred": False, "chunk_rays": args.chunk_rays, "repeats": repeats, "warmup": 1}  # fmt: skip
+    if full:  # paper scale on CPU: B=1, M=1, a small patch, one step without warm-up
+        spec.update(objects_per_batch=1, target_views_per_object=1, patch_size=16, repeats=1, warmup=0)
+        if device == "cpu":
+            spec["note"] = "paper-scale training step on CPU at B=1, M=1, 16^2 patch, one cold step"
+    step = run_child(spec)
+    if "note" in spec:
+        step["note"] = spec["note"]
+    if method == "lrm-tiny" and not quick:
+        step["target_s"] = TINY_STEP_TARGET_S
+        step["pass"] = step["median_s"] < TINY_STEP_TARGET_S
+    result["train_step"] = step
+    return result
+
+
+def memory_section(args, device: str, data: Path) -> dict[str, Any]:
+    patches = (8, 32) if args.quick else (64, 128, 256)
+    rows = []
+    for deferred in (False, True):
+        for p in patches:
+            log(f"memory: patch {p}^2, deferred={deferred}")
+            spec = {"method": "lrm-tiny", "quick": args.quick, "device": device, "threads": args.threads,
+                    "data": str(data), "deferred": deferred, "chunk_rays": args.chunk_rays, "repeats": 1,
+                    "warmup": 1, "objects_per_batch": 1, "target_views_per_object": 1, "patch_size": p}  # fmt: skip
+            r = run_child(spec)
+            rows.append({k: r[k] for k in ("patch", "rays", "deferred_backprop", "median_s", "lpips_available")}
+                        | {k: v for k, v in r.items() if "memory" in k or "rss" in k})  # fmt: skip
+
+    def delta(deferred: bool, p: int) -> int:
+        return next(
+            r["peak_memory_delta_bytes"] for r in rows if r["deferred_backprop"] == deferred and r["patch"] == p
+        )
+
+    ratio = delta(True, patches[-1]) / max(1, delta(True, patches[0]))
+    return {
+        "method": "lrm-tiny, B=1, M=1",
+        "chunk_rays": args.chunk_rays,
+        "measure": memory_method(device),
+        "steps": rows,
+        "deferred_ratio_largest_to_smallest": ratio,
+        "direct_ratio_largest_to_smallest": delta(False, patches[-1]) / max(1, delta(False, patches[0])),
+        "target_ratio": DEFERRED_RATIO_TARGET,
+        "pass": ratio <= DEFERRED_RATIO_TARGET,
+    }
+
+
+def main(args) -> dict[str, Any]:
+    device = resolve_device(args.device)
+    torch.set_num_threads(args.threads)
+    report: dict[str, Any] = {
+        "device": device if device == "cpu" else torch.cuda.get_device_name(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "quick": args.quick,
+        "load_average_at_start": list(os.getloadavg()),
+    }
+    size = 1024 if args.quick else 2048
+    log("fp32 matmul peak")
+    peak = matmul_peak_gflops(device, size, 2 if args.quick else 5)
+    report["fp32_matmul_peak"] = {"gflops": peak, "matmul": f"{size}^3 fp32, best of runs"}
+    with tempfile.TemporaryDirectory(prefix="lrm-bench-") as tmp:
+        log("generating a small dataset")
+        data = generate_dataset(Path(tmp) / "ds", args.quick)
+        report["methods"] = {m: benchmark_method(m, args, device, data, peak) for m in args.methods}
+        if not args.skip_memory:
+            report["memory"] = memory_section(args, device, data)
+    # the peak again at the end: on a shared machine the better of the two is the fairer denominator
+    peak_end = matmul_peak_gflops(device, size, 2 if args.quick else 5)
+    report["fp32_matmul_peak"]["gflops_at_end"] = peak_end
+    report["load_average_at_end"] = list(os.getloadavg())
+    return report
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=None, help="methods (default: both; "
+                        "--quick: lrm-tiny)")  # fmt: skip
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, one run each (< 1 min; for tests)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch intra-op threads")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median reported)")
+    parser.add_argument("--chunk-rays", type=int, default=4096, help="pipeline.deferred_chunk_rays")
+    parser.add_argument("--skip-memory", action="store_true", help="skip the patch-size memory section")
+    args = parser.parse_args(argv)
+    if args.methods is None:
+        args.methods = ["lrm-tiny"] if args.quick else list(METHODS)
+    return args
+
+
+def entrypoint(argv: list[str] | None = None) -> None:
+    """Command-line entry point."""
+    args = parse_args(argv)
+    report = main(args)
+    print(json.dumps(report, indent=2, allow_nan=False))
+
+
+if __name__ == "__main__":
+    entrypoint()
