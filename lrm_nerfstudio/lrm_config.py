@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
 from nerfstudio.engine.schedulers import CosineDecaySchedulerConfig
-from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.plugins.types import MethodSpecification
 
 from lrm_nerfstudio.data.lrm_datamanager import LRMDataManagerConfig
@@ -18,6 +17,7 @@ from lrm_nerfstudio.model.triplane_field import TriplaneFieldConfig
 from lrm_nerfstudio.model.triplane_transformer import TriplaneTransformerConfig
 from lrm_nerfstudio.model.upsampler import TriplaneUpsamplerConfig
 from lrm_nerfstudio.optimizers import AdamWOptimizerConfig
+from lrm_nerfstudio.training.trainer import LRMTrainerConfig
 
 
 def _machine() -> MachineConfig:
@@ -37,7 +37,7 @@ def _optimizers(encoder_lr: float, decoder_lr: float, warmup: int, max_steps: in
 
 LRM_STEPS = 100_000
 lrm_method = MethodSpecification(
-    config=TrainerConfig(
+    config=LRMTrainerConfig(
         method_name="lrm",
         steps_per_eval_batch=1000,
         steps_per_eval_image=1000,
@@ -53,6 +53,12 @@ lrm_method = MethodSpecification(
                 patch_size=128,
                 render_resolution_range=(128, 384),
                 source_resolution=512,
+            ),
+            # coarse to fine, minimum render resolution 64 -> 128 -> 256; a checkpoint reloads with its step's stage
+            progressive=(
+                (0, 64, 64, 128, 48, 48),
+                (20_000, 128, 128, 256, 64, 64),
+                (60_000, 128, 256, 384, 64, 64),
             ),
             model=LRMModelConfig(
                 encoder=ImageEncoderConfig(
@@ -83,7 +89,7 @@ lrm_method = MethodSpecification(
 
 TINY_STEPS = 3000
 lrm_tiny_method = MethodSpecification(
-    config=TrainerConfig(
+    config=LRMTrainerConfig(
         method_name="lrm-tiny",
         steps_per_eval_batch=100,
         steps_per_eval_image=250,

@@ -3,6 +3,7 @@ objects from their source view alone (Hong et al. 2023, §3.3 and §4)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -11,13 +12,23 @@ import torch
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
 
 from lrm_nerfstudio.data.lrm_datamanager import LRMDataManager, LRMDataManagerConfig
 from lrm_nerfstudio.model.lrm_model import LRMModel, LRMModelConfig
 from lrm_nerfstudio.training import distributed
 from lrm_nerfstudio.training.deferred import deferred_backward
 from lrm_nerfstudio.training.determinism import seed_torch_for_step
+from lrm_nerfstudio.training.progressive import ProgressiveSpec, ProgressiveStage, parse_schedule, stage_at
 from lrm_nerfstudio.viewer_controls import LRMViewerControls
+
+
+def _model_key(key: str, prefix: str) -> str:
+    """A checkpoint key with the model's prefix ("_model." or DDP's "_model.module.") replaced by `prefix`."""
+    for old in ("_model.module.", "_model."):
+        if key.startswith(old):
+            return prefix + key[len(old) :]
+    return key
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -41,6 +52,12 @@ class LRMPipelineConfig(VanillaPipelineConfig):
     """Deferred back-propagation (ARF §4.2): render memory bounded by deferred_chunk_rays, not the patch size."""
     deferred_chunk_rays: int = 4096
     """Rays rendered at once (with and without a graph) under deferred back-propagation."""
+    progressive: tuple[ProgressiveSpec, ...] = ()
+    """Progressive resolution: stages (start_step, patch_size, min_render_res, max_render_res, num_coarse_samples,
+    num_importance_samples), each in force from its start step on; before the first, the datamanager's and model's
+    own settings. Empty: off."""
+    object_log_dir: Path | None = None
+    """Append each training step's object ids to <dir>/objects-rank<R>.jsonl (checks the sharding across ranks)."""
 
     def __post_init__(self) -> None:
         # `ns-train --machine.device-type cpu --machine.num-devices N` needs this (training/distributed.py)
@@ -59,7 +76,14 @@ class LRMPipeline(VanillaPipeline):
     _model: LRMModel
 
     def __init__(self, config: LRMPipelineConfig, device: str, **kwargs: Any) -> None:
-        super().__init__(config, device, **kwargs)
+        self._progressive = parse_schedule(config.progressive)  # bad stages fail before any loading
+        with distributed.cpu_friendly_ddp():  # VanillaPipeline.__init__ wraps the model in DDP when world_size > 1
+            super().__init__(config, device, **kwargs)
+        dm, model = self.datamanager.config, self.model.config
+        self._base_stage = ProgressiveStage(
+            0, dm.patch_size, *dm.render_resolution_range, model.num_coarse_samples, model.num_importance_samples
+        )
+        self._stage: ProgressiveStage = self._base_stage
         image, camera, _ = self.datamanager.display_source
         self.model.set_display_source(image, camera)
         self.viewer_controls = LRMViewerControls(self)
@@ -83,7 +107,10 @@ class LRMPipeline(VanillaPipeline):
     def get_train_loss_dict(self, step: int):
         # the samplers' jitter comes from torch's global RNG: seed it per step so that a resumed run repeats
         seed_torch_for_step(self.datamanager.config.seed, step, distributed.global_rank())
+        self.apply_progressive_stage(step)
         ray_bundle, batch = self.datamanager.next_train(step)
+        if self.config.object_log_dir is not None:
+            self._log_objects(step, batch["object_ids"])
         if self.config.deferred_backprop:
             outputs, loss_dict = self._deferred_step(ray_bundle, batch)
             metrics_dict = self.model.get_metrics_dict(outputs, batch)
@@ -99,6 +126,30 @@ class LRMPipeline(VanillaPipeline):
                 "lower learning rate, stronger gradient clipping (optimizers.*.optimizer.max-norm) or fp32."
             )
         return outputs, loss_dict, metrics_dict
+
+    def apply_progressive_stage(self, step: int) -> ProgressiveStage:
+        """Set patch size, render resolutions and samples per ray to `pipeline.progressive`'s stage at `step`.
+
+        A function of the step only, so a resumed run trains exactly as an uninterrupted one would.
+        """
+        stage = stage_at(self._progressive, step) or self._base_stage
+        if stage[1:] != self._stage[1:]:
+            self.datamanager.set_patch_sampling(stage.patch_size, stage.render_resolution_range)
+            self.model.set_samples_per_ray(stage.num_coarse_samples, stage.num_importance_samples)
+            if self._progressive and stage is not self._base_stage:
+                CONSOLE.print(
+                    f"Step {step}: patch {stage.patch_size}, render resolution {stage.render_resolution_range}, "
+                    f"{stage.num_coarse_samples}+{stage.num_importance_samples} samples per ray"
+                )
+        self._stage = stage
+        return stage
+
+    def _log_objects(self, step: int, object_ids: list[str]) -> None:
+        rank = distributed.global_rank()
+        path = Path(self.config.object_log_dir) / f"objects-rank{rank}.jsonl"  # type: ignore[arg-type]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as f:
+            f.write(json.dumps({"step": step, "rank": rank, "objects": list(object_ids)}) + "\n")
 
     def _deferred_step(self, ray_bundle, batch: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Tensor]]:
         """Forward and backward by deferred back-propagation; the returned losses' backward adds nothing.
@@ -122,10 +173,14 @@ class LRMPipeline(VanillaPipeline):
         distributed.average_gradients(self.model.parameters())
         return outputs, {name: value.requires_grad_(True) for name, value in loss_dict.items()}
 
+    @torch.no_grad()
     def get_eval_loss_dict(self, step: int):
         self.eval()
         ray_bundle, batch = self.datamanager.next_eval(step)
-        outputs = self._forward_batch(ray_bundle, batch)
+        # the bare model, not DDP: a DDP forward with no backward after it would stall the next training step
+        outputs = self.model(
+            ray_bundle, batch["source_images"].to(self.device), batch["source_cameras"].to(self.device)
+        )
         metrics_dict = self.model.get_metrics_dict(outputs, batch)
         loss_dict = self.model.get_loss_dict(outputs, batch, metrics_dict)
         self.train()
@@ -205,5 +260,8 @@ class LRMPipeline(VanillaPipeline):
 
     # ------------------------------------------------------------------------------------------------- checkpoints
     def load_pipeline(self, loaded_state: dict[str, Any], step: int) -> None:
-        super().load_pipeline(loaded_state, step)
+        # a multi-process run saves the model under "_model.module." (DDP): load either layout into either
+        prefix = "_model.module." if isinstance(self._model, DistributedDataParallel) else "_model."
+        super().load_pipeline({_model_key(key, prefix): value for key, value in loaded_state.items()}, step)
+        self.apply_progressive_stage(step)  # ns-export / ns-eval render with the samples the checkpoint trained with
         self.model.refresh_display()  # the display triplane came from the old weights

@@ -195,6 +195,12 @@ class LRMModel(Model):
             outputs["normals"] = (normals + 1.0) / 2.0  # nerfstudio's exporters expect normals in [0, 1]
         return outputs
 
+    def set_samples_per_ray(self, num_coarse: int, num_importance: int) -> None:
+        """Samples per ray from now on (progressive resolution, training/progressive.py); the config keeps the
+        method's own values."""
+        self.sampler_uniform.num_samples = int(num_coarse)
+        self.sampler_pdf.num_samples = int(num_importance)
+
     # ----------------------------------------------------------------------------------------------- display state
     def set_display_source(self, image: Float[Tensor, "3 H W"], camera: Float[Tensor, "16"]) -> None:
         """Choose the reconstruction that source-less calls (viewer, exporters) render."""

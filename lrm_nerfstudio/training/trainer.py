@@ -1,0 +1,41 @@
+"""nerfstudio's Trainer with the main-process-only duties of multi-process training made so.
+
+nerfstudio 1.1.5 already saves checkpoints and writes logs on the global rank 0 only (`check_main_thread`), but:
+- `Trainer.eval_iteration` runs on every rank: each rank would render the same held-out views, and rank 0's eval
+  forward would be its alone anyway. Here it runs on rank 0 only; the other ranks wait for it in the next step's
+  all-reduce.
+- `Trainer.setup` starts a viewer on every machine's local rank 0. Here only the global rank 0 starts one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from nerfstudio.engine.trainer import Trainer, TrainerConfig
+from nerfstudio.utils import comms
+
+_NO_VIEWER = {"viewer": "tensorboard", "viewer_legacy": "tensorboard", "viewer+wandb": "wandb",
+              "viewer+tensorboard": "tensorboard", "viewer+comet": "comet"}  # fmt: skip
+"""A non-main rank's `vis`: the same loggers without the viewer (loggers write on the main process only anyway)."""
+
+
+@dataclass
+class LRMTrainerConfig(TrainerConfig):
+    """nerfstudio's TrainerConfig, building `LRMTrainer`."""
+
+    _target: type = field(default_factory=lambda: LRMTrainer)
+
+
+class LRMTrainer(Trainer):
+    """Trainer whose evaluation and viewer run on the global rank 0 only (see the module docstring)."""
+
+    config: LRMTrainerConfig
+
+    def __init__(self, config: TrainerConfig, local_rank: int = 0, world_size: int = 1) -> None:
+        if not comms.is_main_process() and config.vis in _NO_VIEWER:
+            config = replace(config, vis=_NO_VIEWER[config.vis])  # type: ignore[arg-type]
+        super().__init__(config, local_rank=local_rank, world_size=world_size)
+
+    def eval_iteration(self, step: int) -> None:
+        if comms.is_main_process():
+            super().eval_iteration(step)
