@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 from jaxtyping import Float, Int
@@ -111,6 +111,7 @@ def random_lighting(rng: np.random.Generator, cfg: LightingConfig) -> Lighting:
     )
 
 
+@runtime_checkable
 class Albedo(Protocol):
     """Surface colour at ray hits."""
 

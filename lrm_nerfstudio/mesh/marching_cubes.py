@@ -21,6 +21,7 @@ from pathlib import Path
 
 import mcubes
 import numpy as np
+import numpy.typing as npt
 import torch
 import trimesh
 from jaxtyping import Float
@@ -69,7 +70,7 @@ def sample_density_grid(
     bbox=((-1.0, -1.0, -1.0), (1.0, 1.0, 1.0)),
     chunk_size: int = 2**18,
     device: torch.device | str = "cpu",
-    dtype: np.dtype | None = None,
+    dtype: npt.DTypeLike | None = None,
 ) -> np.ndarray:
     """Query `density_fn` on a resolution^3 lattice spanning `bbox`, a few z-slices at a time.
 
@@ -210,7 +211,7 @@ def _mcubes_flips_winding() -> bool:
     cube = np.zeros((4, 4, 4))
     cube[1:3, 1:3, 1:3] = 1.0
     v, f = mcubes.marching_cubes(cube, 0.5)
-    return trimesh.Trimesh(v, f, process=False).volume < 0
+    return bool(trimesh.Trimesh(v, f, process=False).volume < 0)
 
 
 def marching_cubes_blocks(grid: np.ndarray, level: float, block: int = 64) -> tuple[np.ndarray, np.ndarray]:

@@ -84,7 +84,7 @@ def ffmpeg_available() -> bool:
     return importlib.util.find_spec("imageio_ffmpeg") is not None
 
 
-def write_turntable(frames: list[np.ndarray], path: str | Path, fps: float = 24.0) -> Path:
+def write_turntable(frames: list[np.ndarray], path: str | Path, fps: float | int = 24.0) -> Path:  # noqa: PYI041 (beartype rejects an int for a bare float)
     """Write frames as a looping GIF, or as a video when `path` asks for one (.mp4/.mov/.mkv/.webm).
 
     Video needs imageio-ffmpeg; without it the frames go to `path` with a `.gif` suffix instead and a warning
