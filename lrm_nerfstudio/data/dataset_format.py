@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Protocol
 
 import numpy as np
 from jaxtyping import Float
@@ -41,6 +41,29 @@ def _fail(path: Path | str, problem: str, fix: str = "") -> DatasetFormatError:
     if fix:
         msg += f" ({fix})"
     return DatasetFormatError(msg)
+
+
+class MemberSource(Protocol):
+    """Where an object's files live when not in a folder (a tar shard, `lrm_nerfstudio.data.shards`).
+
+    Paths stay paths: `<shard.tar>/<object_id>/<file>`, so every error names the shard and the member.
+    """
+
+    def exists(self, path: Path) -> bool:
+        """Whether the member at `path` exists."""
+        ...
+
+    def open(self, path: Path) -> IO[bytes]:
+        """The member's bytes; raises DatasetFormatError naming the shard and member when unreadable."""
+        ...
+
+
+def _is_file(path: Path, source: MemberSource | None) -> bool:
+    return path.is_file() if source is None else source.exists(path)
+
+
+def _open(path: Path, source: MemberSource | None) -> Path | IO[bytes]:
+    return path if source is None else source.open(path)
 
 
 def is_image_path(path: Path | str) -> bool:
@@ -79,8 +102,8 @@ def _warn_no_alpha(path: Path) -> None:
         )
 
 
-def read_image_size(path: Path | str) -> tuple[int, int, bool]:
-    """Reads only the header of an image.
+def read_image_size(path: Path | str, source: MemberSource | None = None) -> tuple[int, int, bool]:
+    """Reads only the header of an image (a member of `source` when given).
 
     Returns:
         (width, height, has_alpha).
@@ -89,10 +112,10 @@ def read_image_size(path: Path | str) -> tuple[int, int, bool]:
         DatasetFormatError: missing, undecodable, grayscale or otherwise unsupported image.
     """
     path = Path(path)
-    if not path.is_file():
+    if not _is_file(path, source):
         raise _fail(path, "image file does not exist", "check file_path in transforms.json")
     try:
-        with Image.open(path) as img:
+        with Image.open(_open(path, source)) as img:
             mode, size = img.mode, img.size
             if mode == "P":
                 mode = "PA" if "transparency" in img.info else "P"
@@ -102,8 +125,8 @@ def read_image_size(path: Path | str) -> tuple[int, int, bool]:
     return size[0], size[1], has_alpha
 
 
-def load_rgba(path: Path | str) -> Float[np.ndarray, "H W 4"]:
-    """Loads an RGBA image as float32 in [0, 1].
+def load_rgba(path: Path | str, source: MemberSource | None = None) -> Float[np.ndarray, "H W 4"]:
+    """Loads an RGBA image (a member of `source` when given) as float32 in [0, 1].
 
     8- and 16-bit files are accepted. RGB files without alpha get alpha = 1 (with a one-time warning: the
     background is then taken to be part of the object). Grayscale images are rejected.
@@ -112,10 +135,10 @@ def load_rgba(path: Path | str) -> Float[np.ndarray, "H W 4"]:
         DatasetFormatError: missing, undecodable, grayscale or otherwise unsupported image.
     """
     path = Path(path)
-    if not path.is_file():
+    if not _is_file(path, source):
         raise _fail(path, "image file does not exist", "check file_path in transforms.json")
     try:
-        with Image.open(path) as img:
+        with Image.open(_open(path, source)) as img:
             mode = img.mode
             if mode == "P":
                 mode = "PA" if "transparency" in img.info else "P"
@@ -140,13 +163,15 @@ def load_rgba(path: Path | str) -> Float[np.ndarray, "H W 4"]:
     return out
 
 
-def load_depth(path: Path | str, scale_factor: float = 1e-3) -> Float[np.ndarray, "H W"]:
+def load_depth(
+    path: Path | str, scale_factor: float = 1e-3, source: MemberSource | None = None
+) -> Float[np.ndarray, "H W"]:
     """Loads a 16-bit depth PNG as z-depth in world units (`value * scale_factor`; 0 = no hit)."""
     path = Path(path)
-    if not path.is_file():
+    if not _is_file(path, source):
         raise _fail(path, "depth file does not exist", "check depth_file_path in transforms.json")
     try:
-        with Image.open(path) as img:
+        with Image.open(_open(path, source)) as img:
             arr = np.asarray(img)
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise _fail(path, f"cannot decode depth image ({err})") from err
@@ -168,10 +193,12 @@ class DatasetIndex:
     """Other top-level keys (distance range, generator settings, ...)."""
 
 
-def _read_json(path: Path, what: str) -> Any:
-    if not path.is_file():
+def _read_json(path: Path, what: str, source: MemberSource | None = None) -> Any:
+    if not _is_file(path, source):
         raise _fail(path, f"{what} does not exist", "is --data the dataset folder?")
     try:
+        if source is not None:
+            return json.loads(source.open(path).read().decode("utf-8"))
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as err:
@@ -248,6 +275,8 @@ class ObjectViews:
     """16-bit depth PNG per view, if every frame has one."""
     mesh_path: Path | None = None
     """Ground-truth mesh, if given."""
+    source: MemberSource | None = None
+    """Where the files are when not in a folder: the object's tar shard (its paths are then shard member paths)."""
 
     def __len__(self) -> int:
         return len(self.image_paths)
@@ -305,23 +334,26 @@ def _transform(path: Path, frame: dict[str, Any], i: int) -> np.ndarray:
     return arr[:3, :4]
 
 
-def read_object(root: Path | str, object_id: str | None = None, check_images: bool = True) -> ObjectViews:
-    """Reads and validates one object folder's transforms.json.
+def read_object(
+    root: Path | str, object_id: str | None = None, check_images: bool = True, source: MemberSource | None = None
+) -> ObjectViews:
+    """Reads and validates one object folder's transforms.json (or its members in `source`, a shard).
 
     Args:
         root: the object folder (holding transforms.json).
         object_id: its id; defaults to the folder name.
         check_images: also open every image header (existence, decodability, size matching w/h, channels).
             Without it only transforms.json is read; image problems surface when the image is loaded.
+        source: the shard holding the object's files; `root` is then `<shard>/<object_id>`.
 
     Raises:
         DatasetFormatError: on any problem, naming the file.
     """
     root = Path(root)
     path = root / "transforms.json"
-    if not root.is_dir():
+    if source is None and not root.is_dir():
         raise _fail(root, "object folder does not exist", "is it listed in dataset.json by mistake?")
-    data = _read_json(path, "transforms.json")
+    data = _read_json(path, "transforms.json", source)
     if not isinstance(data, dict):
         raise _fail(path, f"top level must be an object, got {type(data).__name__}")
     model = data.get("camera_model", "PINHOLE")
@@ -363,15 +395,16 @@ def read_object(root: Path | str, object_id: str | None = None, check_images: bo
         intrinsics=np.asarray(intr, dtype=np.float64),
         depth_paths=depths or None,
         mesh_path=root / mesh if mesh else None,
+        source=source,
     )
     if check_images:
         for i, img_path in enumerate(images):
-            w, h, has_alpha = read_image_size(img_path)
+            w, h, has_alpha = read_image_size(img_path, source)
             check_image_size(obj, i, w, h)
             if not has_alpha:
                 _warn_no_alpha(img_path)
         for dp in depths:
-            if not dp.is_file():
+            if not _is_file(dp, source):
                 raise _fail(dp, "depth file does not exist", f"referenced by {path}")
     return obj
 

@@ -1,6 +1,8 @@
 """Dataparser for the multi-object lrm-multiview format (DESIGN.md §2), or a single image (inference).
 
-Scaling to 100k+ objects: setup reads only dataset.json. Objects are validated
+Objects live in folders or, packed by `lrm-pack-shards`, in tar shards read by offset (`data/shards.py`).
+
+Scaling to 100k+ objects: setup reads only dataset.json (and a sharded dataset's shards.json). Objects are validated
 
 * eagerly at setup (transforms.json and every image header) when the dataset lists at most
   `eager_validation_max_objects` objects, so bad data fails before any training step;
@@ -34,6 +36,7 @@ from lrm_nerfstudio.data.dataset_format import (
     read_dataset_json,
     read_object,
 )
+from lrm_nerfstudio.data.shards import ShardIndex, is_sharded
 
 
 def unit_scene_box() -> SceneBox:
@@ -73,6 +76,8 @@ class LRMDataParser(DataParser):
         self._bad: dict[str, str] = {}
         self.image_path: Path | None = None
         self.index: DatasetIndex | None = None
+        self.shards: ShardIndex | None = None
+        """Which tar shard holds each object, for a dataset packed by `lrm-pack-shards` (None: object folders)."""
         if is_image_path(self.data):
             if not self.data.is_file():
                 raise DatasetFormatError(f"{self.data}: image file does not exist")
@@ -85,6 +90,7 @@ class LRMDataParser(DataParser):
                     f"(pass --data DATASET_DIR or --data photo.png)"
                 )
             self.index = read_dataset_json(self.data)
+            self.shards = ShardIndex(self.index) if is_sharded(self.index) else None
             total = sum(len(v) for v in self.index.splits.values())
             self.eager = total <= config.eager_validation_max_objects
             if self.eager:
@@ -124,7 +130,7 @@ class LRMDataParser(DataParser):
             kept = []
             for oid in self.index.splits[split]:
                 try:
-                    read_object(self.index.root / oid, oid, check_images=True)
+                    self._read_object(oid, check_images=True)
                     kept.append(oid)
                 except DatasetFormatError as err:
                     if not self.config.skip_bad_objects:
@@ -152,7 +158,7 @@ class LRMDataParser(DataParser):
         if object_id in self._bad:
             raise DatasetFormatError(self._bad[object_id])
         try:
-            obj = read_object(self.index.root / object_id, object_id, check_images=False)
+            obj = self._read_object(object_id, check_images=False)
         except DatasetFormatError as err:
             self._bad[object_id] = str(err)
             raise
@@ -160,6 +166,12 @@ class LRMDataParser(DataParser):
         if len(self._cache) > max(1, self.config.object_cache_size):
             self._cache.popitem(last=False)
         return obj
+
+    def _read_object(self, object_id: str, check_images: bool) -> ObjectViews:
+        assert self.index is not None
+        if self.shards is not None:
+            return self.shards.read_object(object_id, check_images=check_images)
+        return read_object(self.index.root / object_id, object_id, check_images=check_images)
 
     def mark_bad(self, object_id: str, error: str) -> None:
         """Remember that an object failed (e.g. an image did not decode) so it is not retried."""
