@@ -39,6 +39,7 @@ from lrm_nerfstudio.data.dataset_format import (
     load_rgba,
 )
 from lrm_nerfstudio.data.lrm_dataparser import LRMDataParser, LRMDataParserConfig, unit_scene_box
+from lrm_nerfstudio.training import distributed
 
 Background = Literal["white", "black", "random", "random_per_step"]
 
@@ -294,12 +295,12 @@ class _StepPlan:
             yield self.next_items()
 
     def next_items(self) -> list[_Item]:
-        ids = self.dm._shard(self.split, self.epoch)
+        ids = self.dm._shard(self.split, self.epoch, sharded=self.kind == 0)
         chosen = []
         for _ in range(self.dm.config.objects_per_batch):
             if self.index >= len(ids):
                 self.epoch, self.index = self.epoch + 1, 0
-                ids = self.dm._shard(self.split, self.epoch)
+                ids = self.dm._shard(self.split, self.epoch, sharded=self.kind == 0)
             chosen.append(ids[self.index])
             self.index += 1
         items = [
@@ -356,6 +357,8 @@ class LRMDataManager(VanillaDataManager):
         self.device = device
         self.world_size = max(1, int(world_size))
         self.local_rank = int(local_rank)
+        # nerfstudio passes the rank on this machine; the shard must follow the rank among all machines' processes
+        self.rank = distributed.global_rank() if distributed.is_distributed() else self.local_rank
         self.test_mode = test_mode
         self.test_split = "test" if test_mode in ("test", "inference") else "val"
         self.includes_time = False
@@ -367,9 +370,9 @@ class LRMDataManager(VanillaDataManager):
             config.data = config.dataparser.data
         self.dataparser_config = config.dataparser
         self.dataparser = config.dataparser.setup()
-        self.objects = ObjectViewsDataset(self.dataparser, config, rank=self.local_rank)
+        self.objects = ObjectViewsDataset(self.dataparser, config, rank=self.rank)
         self._pos: dict[str, list[int]] = {"train": [0, 0], "eval": [0, 0]}
-        self._shards: dict[tuple[str, int], list[str]] = {}
+        self._shards: dict[tuple[str, int, bool], list[str]] = {}
         self._train_iter: Iterator[dict[str, Any]] | None = None
         self._train_iter_step: int | None = None
         self.train_pixel_sampler = PixelSamplerConfig(num_rays_per_batch=config.train_num_rays_per_batch).setup()
@@ -414,6 +417,16 @@ class LRMDataManager(VanillaDataManager):
         self._pos = {"train": [int(v) for v in state["train"]], "eval": [int(v) for v in state["eval"]]}
         self._train_iter = None
 
+    def set_patch_sampling(self, patch_size: int, render_resolution_range: tuple[int, int]) -> None:
+        """Training patches of `patch_size` from views resized to `render_resolution_range` from the next batch on
+        (progressive resolution). Batches the loader's workers prefetched with the old sizes are dropped."""
+        lo, hi = render_resolution_range
+        if not 1 <= patch_size <= lo <= hi:
+            raise ValueError(f"patch_size {patch_size} and render_resolution_range {render_resolution_range} must "
+                             "satisfy 1 <= patch_size <= min <= max")  # fmt: skip
+        self.config.patch_size, self.config.render_resolution_range = int(patch_size), (int(lo), int(hi))
+        self._train_iter = None  # the next `next_train` restarts the loader at the saved sampler position
+
     # --------------------------------------------------------------------------------------------- sampling
     def _eval_split(self) -> str:
         objs = self.dataparser.list_objects()
@@ -428,18 +441,21 @@ class LRMDataManager(VanillaDataManager):
             )
         return "train"
 
-    def _shard(self, split: str, epoch: int) -> list[str]:
-        key = (split, epoch)
+    def _shard(self, split: str, epoch: int, sharded: bool = True) -> list[str]:
+        """This rank's objects of `split` in epoch `epoch`; all of them when not `sharded` (evaluation, which runs
+        on rank 0 only)."""
+        key = (split, epoch, sharded)
+        world_size, rank = (self.world_size, self.rank) if sharded else (1, 0)
         if key not in self._shards:
             ids = self.dataparser.object_ids(split)
-            if len(ids) < self.world_size:
+            if len(ids) < world_size:
                 raise DatasetFormatError(
-                    f"{self.dataparser.data}: split {split!r} has {len(ids)} objects, fewer than {self.world_size} ranks"
+                    f"{self.dataparser.data}: split {split!r} has {len(ids)} objects, fewer than {world_size} ranks"
                 )
             g = torch.Generator().manual_seed(int(self.config.seed) * 1_000_003 + epoch)
             perm = torch.randperm(len(ids), generator=g)
-            per_rank = len(ids) // self.world_size
-            mine = perm[self.local_rank :: self.world_size][:per_rank].tolist()
+            per_rank = len(ids) // world_size
+            mine = perm[rank::world_size][:per_rank].tolist()
             if len(self._shards) > 4:
                 self._shards.clear()
             self._shards[key] = [ids[i] for i in mine]
