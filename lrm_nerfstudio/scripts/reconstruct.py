@@ -1,0 +1,495 @@
+"""`lrm-reconstruct`: images in, one triplane NeRF each out, as a mesh, a turntable, the triplane and a config.
+
+Per image, in `OUTPUT_DIR/<image stem>/`:
+    mesh.glb, mesh.obj, mesh.ply   marching cubes of the density with vertex colours (GLB is +Y up, OBJ/PLY +Z up)
+    turntable.gif (or .mp4)        a ring of renders around the object
+    triplane.safetensors           the predicted triplane, key "triplane", shape [1, 3, C, R, R]
+    source.png                     the preprocessed source image the model saw
+    input.<ext>                    a copy of the input file
+    config.yml                     opens exactly this reconstruction: `ns-viewer --load-config`, `ns-export ...`
+and `OUTPUT_DIR/timings.json` with the per-stage timings (also printed as a table).
+
+Examples:
+    lrm-reconstruct photo.png chair.jpg --load-config outputs/ds/lrm-tiny/2024-01-01_000000/config.yml
+    lrm-reconstruct photo.png --weights lrm-tiny.safetensors --output-dir recon --resolution 512
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from copy import deepcopy
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import torch
+import tyro
+import yaml
+from jaxtyping import Float
+from nerfstudio.engine.trainer import TrainerConfig
+from nerfstudio.utils.rich_utils import CONSOLE
+from PIL import Image
+from rich.table import Table
+from safetensors.torch import save_file
+from torch import Tensor
+
+from lrm_nerfstudio.cameras import canonical_source_camera
+from lrm_nerfstudio.data.dataset_format import DatasetFormatError
+from lrm_nerfstudio.data.image_preprocess import ImageInputError, preprocess_image
+from lrm_nerfstudio.mesh.marching_cubes import NoSurfaceError, extract_mesh, sample_density_grid, save_mesh
+from lrm_nerfstudio.mesh.turntable import ffmpeg_available, turntable_cameras, write_turntable
+from lrm_nerfstudio.model.lrm_model import LRMModel
+from lrm_nerfstudio.scripts.export_weights import (
+    MODEL_PREFIX,
+    ModelLoadError,
+    find_checkpoint,
+    load_weights,
+    model_state_from_checkpoint,
+    read_trainer_config,
+)
+
+STAGES = ("preprocess", "encode", "decode", "mesh", "turntable", "write")
+"""Per-image stages, in order (the model is loaded once, stage "load")."""
+
+
+# ----------------------------------------------------------------------------------------------------- model
+@dataclass
+class LoadedModel:
+    """A model ready for inference and what is needed to write configs that re-open it."""
+
+    config: TrainerConfig
+    """The training run's config."""
+    model: LRMModel
+    """The model, in eval mode, on `device`."""
+    step: int
+    """Training step of the weights."""
+    checkpoint: Path | None
+    """The ns-train checkpoint the weights came from (None when they came from a weights file)."""
+    source: Path
+    """The config.yml or weights file given."""
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+
+def build_model(config: TrainerConfig, state: dict[str, Tensor], device: str | torch.device, name: str) -> LRMModel:
+    """The LRM model of `config` with `state` loaded (strict), in eval mode.
+
+    Raises:
+        ModelLoadError: the weights do not fit the config.
+    """
+    from lrm_nerfstudio.data.lrm_dataparser import unit_scene_box
+
+    model_config = replace(config.pipeline.model, use_lpips=False)  # inference needs no perceptual loss
+    model = model_config.setup(scene_box=unit_scene_box(), num_train_data=1, metadata={}, device=device)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ModelLoadError(f"{name}: the weights do not fit the model its config describes ({err})") from err
+    return model.to(device).eval()
+
+
+def load_model(
+    load_config: Path | None = None, weights: Path | None = None, device: str | torch.device | None = None
+) -> LoadedModel:
+    """Load an LRM model from an ns-train config.yml (its latest checkpoint) or an `lrm-export-weights` file.
+
+    Raises:
+        ModelLoadError: missing or foreign config, no checkpoint, or weights that do not fit.
+    """
+    if (load_config is None) == (weights is None):
+        raise ModelLoadError("give exactly one of --load-config CONFIG.yml and --weights FILE.safetensors")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if weights is None and Path(load_config).suffix == ".safetensors":  # type: ignore[arg-type]
+        load_config, weights = None, load_config
+    if weights is not None:
+        config, state, step = load_weights(Path(weights))
+        return LoadedModel(config, build_model(config, state, device, str(weights)), step, None, Path(weights))
+    assert load_config is not None
+    config = read_trainer_config(Path(load_config))
+    ckpt = find_checkpoint(config, Path(load_config))
+    state, step = model_state_from_checkpoint(ckpt)
+    return LoadedModel(config, build_model(config, state, device, str(ckpt)), step, ckpt, Path(load_config))
+
+
+def write_checkpoint(loaded: LoadedModel, folder: Path) -> Path:
+    """Write the model as an ns-train checkpoint (pipeline keys) so that nerfstudio's eval_setup can load it."""
+    path = Path(folder) / f"step-{loaded.step:09d}.ckpt"
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {MODEL_PREFIX + key: value.detach().cpu() for key, value in loaded.model.state_dict().items()}
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save({"step": loaded.step, "pipeline": state, "optimizers": {}, "scalers": {}}, tmp)
+        tmp.replace(path)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------- options
+@dataclass
+class OutputOptions:
+    """What to write for each reconstruction."""
+
+    resolution: int = 256
+    """Marching-cubes lattice points per axis (512 works: the density is queried in chunks)."""
+    iso_level: float | None = None
+    """Density level of the mesh surface; None chooses it from the density field (adaptive)."""
+    chunk_size: int = 2**18
+    """Points per density query."""
+    turntable_frames: int = 24
+    """Frames of the turntable (0: no turntable)."""
+    turntable_resolution: int = 128
+    """Side of the turntable frames in pixels."""
+    turntable_elevation: float = 20.0
+    """Elevation of the turntable cameras in degrees."""
+    turntable_fps: float = 12.0
+    """Frames per second of the turntable."""
+    video: bool = True
+    """Write the turntable as MP4 when imageio-ffmpeg is installed (GIF otherwise)."""
+
+
+@contextmanager
+def _stage(timings: dict[str, float], name: str, device: torch.device) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+
+
+# ----------------------------------------------------------------------------------------------------- stages
+@torch.no_grad()
+def encode_decode(
+    model: LRMModel, image: Float[Tensor, "3 H W"], camera: Float[Tensor, "16"], timings: dict[str, float]
+) -> Float[Tensor, "1 3 C R R"]:
+    """`model.predict_triplanes` for one image, timed as "encode" (ViT) and "decode" (triplane transformer)."""
+    device = model.device
+    image, camera = image[None].to(device), camera[None].to(device)
+    with model._autocast(device):
+        with _stage(timings, "encode", device):
+            tokens = model.encoder(image)
+        with _stage(timings, "decode", device):
+            planes = model.upsampler(model.transformer(tokens, model.camera_embedder(camera)))
+    return planes.float()
+
+
+@torch.no_grad()
+def render_turntable(
+    model: LRMModel, triplanes: Float[Tensor, "1 3 C R R"], options: OutputOptions, background: Tensor
+) -> list[np.ndarray]:
+    """Frames [H, W, 3] in [0, 1] of a ring of cameras around the object (no normals: colour only)."""
+    cameras = turntable_cameras(
+        options.turntable_frames, resolution=options.turntable_resolution, elevation_deg=options.turntable_elevation
+    )
+    chunk = model.config.eval_num_rays_per_chunk
+    frames = []
+    for i in range(len(cameras)):
+        bundle = cameras.generate_rays(camera_indices=i, keep_shape=True)
+        height, width = bundle.origins.shape[:2]
+        flat = bundle.flatten().to(model.device)
+        pieces = []
+        for start in range(0, len(flat), chunk):
+            part = flat[start : start + chunk]
+            bg = background.to(model.device).expand(len(part), 3)
+            part.metadata = {**(part.metadata or {}), "background_color": bg}
+            pieces.append(model.render_triplanes(part, triplanes)["rgb"])
+        frames.append(torch.cat(pieces).view(height, width, 3).clamp(0, 1).cpu().numpy())
+    return frames
+
+
+def extract_colored_mesh(model: LRMModel, triplanes: Float[Tensor, "1 3 C R R"], options: OutputOptions):
+    """Marching-cubes mesh of the triplane's density inside [-1, 1]^3 with vertex colours from the field."""
+
+    def density(points: Tensor) -> Tensor:
+        return model.field.density_at(points[None], triplanes)[0, :, 0]
+
+    def color(points: Tensor) -> Tensor:
+        return model.field.rgb_density_at(points[None], triplanes)[0][0]
+
+    def mesh(level: float | None):
+        return extract_mesh(
+            density,
+            resolution=options.resolution,
+            chunk_size=options.chunk_size,
+            iso_level=level,
+            color_fn=color,
+            device=model.device,
+        )
+
+    try:
+        return mesh(options.iso_level)
+    except NoSurfaceError:
+        if options.iso_level is not None:
+            raise
+    # The adaptive level can miss a weak field (an undertrained model's near-uniform fog): fall back to the middle
+    # of the density range, which always cuts a field that is not constant.
+    coarse = sample_density_grid(density, 64, chunk_size=options.chunk_size, device=model.device)
+    lo, hi = float(np.nanmin(coarse)), float(np.nanmax(coarse))
+    if not hi > lo:
+        raise NoSurfaceError(f"no surface found: the density field is constant ({lo:.4g})")
+    result = mesh(0.5 * (lo + hi))
+    result.metadata["iso_method"] = "mid-range-fallback"
+    warnings.warn(
+        f"lrm-reconstruct: the adaptive iso-level found no surface; used the middle of the density range "
+        f"[{lo:.4g}, {hi:.4g}] (the model may be undertrained)",
+        stacklevel=2,
+    )
+    return result
+
+
+def background_of(config: TrainerConfig) -> tuple[float, float, float]:
+    """The background colour the run evaluates and displays on (datamanager.eval_background)."""
+    return (0.0, 0.0, 0.0) if config.pipeline.datamanager.eval_background == "black" else (1.0, 1.0, 1.0)
+
+
+def display_config(
+    loaded: LoadedModel, checkpoint: Path, data: Path, display_object: str | None, out_dir: Path, **datamanager
+) -> TrainerConfig:
+    """A copy of the run's config that nerfstudio's eval_setup (ns-viewer, ns-export) opens on one reconstruction.
+
+    eval_setup loads the checkpoint from `get_checkpoint_dir()` = base dir / `relative_model_dir`; an absolute
+    `relative_model_dir` makes that the checkpoint's folder wherever the base dir is.
+    """
+    config = deepcopy(loaded.config)
+    dm = config.pipeline.datamanager
+    dm.data = dm.dataparser.data = Path(data).resolve()
+    config.data = dm.data
+    dm.display_object = display_object
+    for key, value in datamanager.items():
+        setattr(dm, key, value)
+    config.output_dir = out_dir.resolve()
+    config.relative_model_dir = checkpoint.parent.resolve()
+    config.load_dir = None
+    config.load_step = int(checkpoint.stem.split("-")[-1])
+    return config
+
+
+def _write_source_png(path: Path, image: Tensor) -> None:
+    array = (image.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+    Image.fromarray(array).save(path)
+
+
+@dataclass
+class Reconstruction:
+    """What `reconstruct_source` wrote, and how long each stage took."""
+
+    name: str
+    out_dir: Path
+    files: dict[str, Path]
+    timings: dict[str, float]
+    iso_level: float
+    num_vertices: int
+
+
+def reconstruct_source(
+    loaded: LoadedModel,
+    image: Float[Tensor, "3 H W"],
+    camera: Float[Tensor, "16"],
+    name: str,
+    out_dir: Path,
+    options: OutputOptions,
+    config: TrainerConfig | None = None,
+    timings: dict[str, float] | None = None,
+) -> Reconstruction:
+    """Predict the triplane of one source image and write mesh, turntable, triplane and (if given) config.yml.
+
+    Raises:
+        NoSurfaceError: the density field has no surface to mesh (at `options.iso_level`, if fixed).
+    """
+    timings = {} if timings is None else timings
+    model, device = loaded.model, loaded.device
+    out_dir.mkdir(parents=True, exist_ok=True)
+    triplanes = encode_decode(model, image, camera, timings)
+    with _stage(timings, "mesh", device):
+        mesh = extract_colored_mesh(model, triplanes, options)
+    frames: list[np.ndarray] = []
+    if options.turntable_frames > 0:
+        with _stage(timings, "turntable", device):
+            background = torch.tensor(background_of(loaded.config))
+            frames = render_turntable(model, triplanes, options, background)
+    with _stage(timings, "write", device):
+        files = {f"mesh_{fmt}": path for fmt, path in save_mesh(mesh, out_dir, "mesh").items()}
+        if frames:
+            suffix = ".mp4" if options.video and ffmpeg_available() else ".gif"
+            files["turntable"] = write_turntable(frames, out_dir / f"turntable{suffix}", fps=options.turntable_fps)
+        files["triplane"] = out_dir / "triplane.safetensors"
+        save_file(
+            {"triplane": triplanes.detach().cpu().contiguous()},
+            str(files["triplane"]),
+            metadata={"source": name, "step": str(loaded.step), "layout": "B 3 C R R; planes XY, XZ, YZ"},
+        )
+        files["source"] = out_dir / "source.png"
+        _write_source_png(files["source"], image)
+        if config is not None:
+            files["config"] = out_dir / "config.yml"
+            files["config"].write_text(yaml.dump(config), encoding="utf8")
+    timings["total"] = sum(timings.get(stage, 0.0) for stage in STAGES)
+    return Reconstruction(name, out_dir, files, timings, float(mesh.metadata["iso_level"]), len(mesh.vertices))
+
+
+def reconstruct_file(
+    loaded: LoadedModel,
+    path: Path,
+    out_dir: Path,
+    options: OutputOptions,
+    checkpoint: Path,
+    foreground_ratio: float = 0.85,
+    max_pixels: int = 4096 * 4096,
+) -> Reconstruction:
+    """Preprocess an image file (alpha, or estimated background; recentred) and reconstruct it from the canonical
+    camera. The written config.yml re-creates the same source from a copy of the file.
+
+    Raises:
+        ImageInputError: unusable image (the message starts with the file name).
+        NoSurfaceError: nothing to mesh.
+    """
+    timings: dict[str, float] = {}
+    dm = loaded.config.pipeline.datamanager
+    with _stage(timings, "preprocess", loaded.device):
+        pre = preprocess_image(
+            path,
+            size=dm.source_resolution,
+            foreground_ratio=foreground_ratio,
+            background_color=background_of(loaded.config),
+            max_pixels=max_pixels,
+        )
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        copy = out_dir / f"input{path.suffix.lower()}"
+        shutil.copyfile(path, copy)
+        config = display_config(loaded, checkpoint, copy, None, out_dir, photo_foreground_ratio=foreground_ratio)
+        return reconstruct_source(
+            loaded, pre.image, canonical_source_camera(), path.stem, out_dir, options, config=config, timings=timings
+        )
+    except BaseException:
+        if created:  # leave no half-written result folder behind
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+
+
+# ----------------------------------------------------------------------------------------------------- report
+def timings_table(rows: dict[str, dict[str, float]], load_s: float | None, title: str = "lrm-reconstruct") -> Table:
+    """A rich table: one row per image, one column per stage (seconds)."""
+    table = Table(title=f"{title}: seconds per stage")
+    table.add_column("image")
+    for stage in ("load", *STAGES, "total"):
+        table.add_column(stage, justify="right")
+    if load_s is not None:
+        table.add_row("(model)", f"{load_s:.2f}", *([""] * (len(STAGES) + 1)))
+    for name, t in rows.items():
+        table.add_row(name, "", *(f"{t[s]:.2f}" if s in t else "-" for s in (*STAGES, "total")))
+    return table
+
+
+def _unique_dir(root: Path, stem: str, taken: set[str]) -> Path:
+    name, k = stem or "image", 2
+    while name in taken:
+        name, k = f"{stem}_{k}", k + 1
+    taken.add(name)
+    return root / name
+
+
+# ----------------------------------------------------------------------------------------------------- CLI
+@dataclass
+class ReconstructConfig:
+    """Reconstruct a textured mesh, a turntable and a triplane from each image with a trained LRM."""
+
+    images: Annotated[list[Path], tyro.conf.Positional]
+    """Image files (PNG/JPEG/...); alpha is used as the mask when present, else the background is estimated."""
+    load_config: Path | None = None
+    """config.yml of an ns-train run (its latest checkpoint is used), or a weights file from lrm-export-weights."""
+    weights: Path | None = None
+    """Weights file written by lrm-export-weights (instead of --load-config)."""
+    output_dir: Path = Path("outputs/reconstructions")
+    """Folder of the results: one sub-folder per image and timings.json."""
+    foreground_ratio: float = 0.85
+    """Object size / image side after recentring (as the model saw objects in training)."""
+    max_pixels: int = 4096 * 4096
+    """Larger images are refused before decoding (decompression-bomb guard)."""
+    device: str | None = None
+    """torch device; default cuda when available, else cpu."""
+    output: Annotated[OutputOptions, tyro.conf.OmitArgPrefixes] = field(default_factory=OutputOptions)
+    """Mesh and turntable settings."""
+
+
+def _error(message: str) -> None:
+    CONSOLE.print(f"[bold red]error:[/bold red] {message}", soft_wrap=True, highlight=False)
+
+
+def main(config: ReconstructConfig) -> int:
+    """Run `lrm-reconstruct`; returns the exit code: 0 all done, 1 some image failed, 2 bad model/config."""
+    start = time.perf_counter()
+    try:
+        loaded = load_model(config.load_config, config.weights, config.device)
+    except ModelLoadError as err:
+        _error(str(err))
+        return 2
+    load_s = time.perf_counter() - start
+    out_root = config.output_dir
+    out_root.mkdir(parents=True, exist_ok=True)
+    checkpoint = loaded.checkpoint or write_checkpoint(loaded, out_root / "nerfstudio_models")
+    CONSOLE.print(
+        f"Loaded {type(loaded.model).__name__} ({loaded.config.method_name}, step {loaded.step}) from "
+        f"{loaded.source} on {loaded.device} in {load_s:.1f} s",
+        soft_wrap=True,
+        highlight=False,
+    )
+    rows: dict[str, dict[str, float]] = {}
+    failed: dict[str, str] = {}
+    results: dict[str, dict] = {}
+    taken: set[str] = set()
+    for path in config.images:
+        out_dir = _unique_dir(out_root, path.stem, taken)
+        try:
+            rec = reconstruct_file(
+                loaded, path, out_dir, config.output, checkpoint, config.foreground_ratio, config.max_pixels
+            )
+        except (ImageInputError, DatasetFormatError) as err:
+            failed[str(path)] = str(err)
+            _error(str(err))
+            continue
+        except NoSurfaceError as err:
+            failed[str(path)] = f"{path}: {err}"
+            _error(f"{path}: {err} (try another --iso-level)")
+            continue
+        rows[out_dir.name] = rec.timings
+        results[out_dir.name] = {
+            "input": str(path),
+            "files": {key: str(value) for key, value in rec.files.items()},
+            "iso_level": rec.iso_level,
+            "num_vertices": rec.num_vertices,
+        }
+        CONSOLE.print(
+            f"{path} -> {out_dir} ({rec.num_vertices} vertices, iso-level {rec.iso_level:.3g})", highlight=False
+        )
+    report = {
+        "model": {"source": str(loaded.source), "method": loaded.config.method_name, "step": loaded.step},
+        "device": str(loaded.device),
+        "resolution": config.output.resolution,
+        "load_s": load_s,
+        "images": {name: {"timings_s": rows[name], **results[name]} for name in rows},
+        "failed": failed,
+    }
+    (out_root / "timings.json").write_text(json.dumps(report, indent=2), encoding="utf8")
+    CONSOLE.print(timings_table(rows, load_s))
+    if failed:
+        _error(f"{len(failed)} of {len(config.images)} images failed: " + ", ".join(failed))
+        return 1
+    return 0
+
+
+def entrypoint() -> None:
+    """`lrm-reconstruct` console script."""
+    sys.exit(main(tyro.cli(ReconstructConfig)))
+
+
+if __name__ == "__main__":
+    entrypoint()

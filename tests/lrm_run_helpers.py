@@ -1,0 +1,45 @@
+"""Helpers shared by the export and script tests: a tiny LRM run saved in the layout `ns-train` writes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from conftest import tiny_trainer_config
+
+
+def save_tiny_run(data: Path, output_dir: Path, step: int = 0, seed: int = 0) -> Path:
+    """Build the tiny pipeline (random weights) and write config.yml + nerfstudio_models/step-XXXXXXXXX.ckpt.
+
+    Returns:
+        The config.yml path.
+    """
+    config = tiny_trainer_config(data)
+    config.output_dir = output_dir
+    config.experiment_name = "tiny"
+    config.set_timestamp()
+    torch.manual_seed(seed)
+    pipeline = config.pipeline.setup(device="cpu", test_mode="val")
+    config.save_config()
+    ckpt_dir = config.get_checkpoint_dir()
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    state = {"step": step, "pipeline": pipeline.state_dict(), "optimizers": {}, "scalers": {}}
+    torch.save(state, ckpt_dir / f"step-{step:09d}.ckpt")
+    return config.get_base_dir() / "config.yml"
+
+
+def tool(name: str) -> str:
+    """Path of a console script of this environment."""
+    return str(Path(sys.executable).parent / name)
+
+
+def run_tool(cmd: list[str], timeout: float = 900, expect: int | None = 0) -> subprocess.CompletedProcess:
+    """Run a console script; by default fail the test (with its output) unless it exits 0."""
+    out = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout)
+    if expect is not None:
+        assert out.returncode == expect, (
+            f"{' '.join(cmd)} exited {out.returncode}, expected {expect}:\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
+        )
+    return out
