@@ -447,8 +447,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def entrypoint(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     args = parse_args(argv)
+    # stdout carries only the JSON: whatever else writes to fd 1 (rich consoles, C code, the measurement processes
+    # forked later) goes to stderr
+    sys.stdout.flush()
+    json_out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
     report = main(args)
-    print(json.dumps(report, indent=2, allow_nan=False))
+    json_out.write(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    json_out.flush()
 
 
 if __name__ == "__main__":
