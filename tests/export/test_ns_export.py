@@ -1,0 +1,69 @@
+"""nerfstudio's own `ns-export pointcloud` and `ns-export poisson` on an LRM run (DESIGN.md §3 traps)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import open3d as o3d
+import pytest
+import trimesh
+import yaml
+from lrm_run_helpers import run_tool, save_tiny_run, tool
+from nerfstudio.utils.eval_utils import eval_setup
+
+BOX_TOLERANCE = 0.1
+"""Poisson surfaces bulge past the points they fit: the random test model's fog reaches the box faces (1.08 seen)."""
+
+
+@pytest.fixture(scope="module")
+def tiny_run(procedural_dataset, tmp_path_factory):
+    return save_tiny_run(procedural_dataset, tmp_path_factory.mktemp("run"))
+
+
+def with_display(config_path, ref: str):
+    """A copy of the run's config.yml (beside it) whose exported / displayed reconstruction is `ref`."""
+    config = yaml.load(config_path.read_text(), Loader=yaml.Loader)
+    config.pipeline.datamanager.display_object = ref
+    path = config_path.with_name("config_display.yml")
+    path.write_text(yaml.dump(config))
+    return path
+
+
+def test_display_object_defaults_to_first_test_object(tiny_run, procedural_dataset):
+    splits = json.loads((procedural_dataset / "dataset.json").read_text())["splits"]
+    _, pipeline, _, _ = eval_setup(tiny_run, test_mode="test")
+    assert pipeline.datamanager.display_source[2] == splits["test"][0]
+    _, pipeline, _, _ = eval_setup(with_display(tiny_run, splits["val"][0]), test_mode="test")
+    assert pipeline.datamanager.display_source[2] == splits["val"][0]
+
+
+@pytest.mark.slow
+def test_ns_export_pointcloud(tiny_run, tmp_path):
+    out = tmp_path / "pc"
+    run_tool([tool("ns-export"), "pointcloud", "--load-config", str(tiny_run), "--output-dir", str(out),
+              "--num-points", "4000", "--num-rays-per-batch", "4096"])  # fmt: skip
+    pcd = o3d.io.read_point_cloud(str(out / "point_cloud.ply"))
+    points = np.asarray(pcd.points)
+    assert len(points) > 1000
+    assert np.abs(points).max() <= 1.0 + 1e-4
+    assert pcd.has_colors() and pcd.has_normals()
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(pcd.normals), axis=1), 1.0, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_ns_export_poisson_of_an_image(tiny_run, procedural_dataset, tmp_path):
+    # an image path as the export source (a test view rendered by the generator, RGBA)
+    test_id = json.loads((procedural_dataset / "dataset.json").read_text())["splits"]["test"][0]
+    image = procedural_dataset / test_id / "images" / "003.png"
+    out = tmp_path / "poisson"
+    run_tool([tool("ns-export"), "poisson", "--load-config", str(with_display(tiny_run, str(image))),
+              "--output-dir", str(out), "--num-points", "4000", "--num-rays-per-batch", "4096",
+              "--num-pixels-per-side", "128", "--target-num-faces", "2000"])  # fmt: skip
+    mesh = trimesh.load(out / "poisson_mesh.ply", force="mesh", process=False)
+    assert len(mesh.faces) > 100
+    assert np.abs(mesh.vertices).max() <= 1.0 + BOX_TOLERANCE
+    assert mesh.visual.kind == "vertex" and len(mesh.visual.vertex_colors) == len(mesh.vertices)
+    assert len(mesh.vertex_normals) == len(mesh.vertices)
+    textured = trimesh.load(out / "mesh.obj", force="mesh")
+    assert len(textured.faces) > 0 and (out / "material_0.png").is_file()
