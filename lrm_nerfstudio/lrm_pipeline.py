@@ -75,7 +75,7 @@ class LRMPipeline(VanillaPipeline):
     datamanager: LRMDataManager
     _model: LRMModel
 
-    def __init__(self, config: LRMPipelineConfig, device: str, **kwargs: Any) -> None:
+    def __init__(self, config: LRMPipelineConfig, device: str | torch.device, **kwargs: Any) -> None:
         self._progressive = parse_schedule(config.progressive)  # bad stages fail before any loading
         with distributed.cpu_friendly_ddp():  # VanillaPipeline.__init__ wraps the model in DDP when world_size > 1
             super().__init__(config, device, **kwargs)

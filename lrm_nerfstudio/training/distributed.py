@@ -40,13 +40,21 @@ def is_main_process() -> bool:
 def average_gradients(params: Iterable[torch.nn.Parameter]) -> None:
     """All-reduce (mean) the gradients of `params` across processes, as DDP's hooks would.
 
-    Used where the backward pass does not go through DDP's forward (deferred back-propagation). A parameter without
-    a gradient on this rank counts as a zero gradient, as under DDP's `find_unused_parameters`; all ranks must pass
-    the same parameters in the same order.
+    Used where the backward pass does not go through DDP's forward (deferred back-propagation). As under DDP's
+    `find_unused_parameters`, a parameter without a gradient on this rank counts as a zero gradient, and one without a
+    gradient on every rank keeps none (so that the optimiser skips it, weight decay included). All ranks must pass the
+    same parameters in the same order.
     """
     if not is_distributed():
         return
     params = [p for p in params if p.requires_grad]
+    if not params:
+        return
+    has_grad = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=params[0].device)
+    dist.all_reduce(has_grad)
+    params = [p for p, n in zip(params, has_grad.tolist()) if n > 0]
+    if not params:
+        return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat)
