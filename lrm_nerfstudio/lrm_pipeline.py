@@ -105,10 +105,12 @@ class LRMPipeline(VanillaPipeline):
         return self._model(ray_bundle, batch["source_images"].to(self.device), batch["source_cameras"].to(self.device))
 
     def get_train_loss_dict(self, step: int):
-        # the samplers' jitter comes from torch's global RNG: seed it per step so that a resumed run repeats
-        seed_torch_for_step(self.datamanager.config.seed, step, distributed.global_rank())
         self.apply_progressive_stage(step)
         ray_bundle, batch = self.datamanager.next_train(step)
+        # The samplers' jitter comes from torch's global RNG: seed it per step so that a resumed run repeats. After
+        # fetching the batch: building a DataLoader iterator (at the first step, after resuming, at a progressive
+        # stage) draws its base seed from that RNG, which would otherwise shift this step's samples.
+        seed_torch_for_step(self.datamanager.config.seed, step, distributed.global_rank())
         if self.config.object_log_dir is not None:
             self._log_objects(step, batch["object_ids"])
         if self.config.deferred_backprop:
