@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -15,20 +14,26 @@ def demo(data: Path, out: Path) -> str:
     cmd = [tool("lrm-demo"), "--data", str(data), "--output-dir", str(out), "--num-objects", "6", "--num-views", "6",
            "--resolution", "32", "--max-iterations", "3", "--no-viewer", "--mesh-resolution", "32",
            "--turntable-frames", "2", "--turntable-resolution", "24", "--workers", "1"]  # fmt: skip
-    env = {**os.environ, "COLUMNS": "400"}  # one table row per line, so that paths can be read back
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env=env, check=False)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, check=False)
     text = result.stdout + result.stderr
     assert result.returncode == 0, text[-5000:]
     return text
 
 
 def printed_artefacts(text: str) -> dict[str, Path]:
-    rows = {}
-    for line in text.splitlines():
+    """Rows of the printed "where everything is" table; long paths are folded over several lines (width 120)."""
+    rows: dict[str, str] = {}
+    last = None
+    for line in text.split("where everything is", 1)[-1].splitlines():
         cells = [c.strip() for c in line.split("│")]
-        if len(cells) == 4 and cells[2].startswith("/"):
-            rows[cells[1]] = Path(cells[2])
-    return rows
+        if len(cells) != 4:
+            continue
+        if cells[1]:
+            last = cells[1]
+            rows[last] = cells[2]
+        elif last is not None:
+            rows[last] += cells[2]
+    return {name: Path(path) for name, path in rows.items()}
 
 
 @pytest.mark.slow
@@ -37,7 +42,8 @@ def test_demo_end_to_end_and_resume(tmp_path):
     text = demo(data, out)
     artefacts = printed_artefacts(text)
     summary = json.loads((out / "demo_summary.json").read_text())
-    assert set(summary["artefacts"]) <= set(artefacts)
+    assert set(summary["artefacts"]) <= set(artefacts), text[-3000:]
+    assert {name: str(path) for name, path in artefacts.items()}.items() >= summary["artefacts"].items()
     for name in ("dataset", "training config", "checkpoint", "metrics", "held-out mesh glb", "held-out turntable",
                  "held-out triplane", "held-out config"):  # fmt: skip
         assert name in artefacts, name
