@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -70,6 +71,49 @@ def test_ns_train_two_cpu_processes(procedural_dataset, tmp_path):
     weights = {key[len("_model.module.") :]: value for key, value in state["pipeline"].items() if "_model." in key}
     for name, value in pipeline.model.state_dict().items():
         torch.testing.assert_close(value, weights[name], rtol=0, atol=0, msg=name)
+
+
+def test_ns_train_two_machines(procedural_dataset, tmp_path):
+    """`--machine.num-machines 2 --machine.machine-rank R --machine.dist-url tcp://...` pass through: two ns-train
+    launches of one process each (two "machines" on localhost, each with its own output folder) form one gloo
+    group. Both processes are local rank 0 on their machine, yet they shard by global rank; only machine 0 saves."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    logs = tmp_path / "objects"
+    launches = []
+    for machine in range(WORLD_SIZE):
+        cmd = [
+            str(Path(sys.executable).parent / "ns-train"), "lrm-tiny",
+            "--data", str(procedural_dataset),
+            "--output-dir", str(tmp_path / f"machine{machine}"),
+            "--machine.device-type", "cpu",
+            "--machine.num-devices", "1",
+            "--machine.num-machines", str(WORLD_SIZE),
+            "--machine.machine-rank", str(machine),
+            "--machine.dist-url", f"tcp://127.0.0.1:{port}",
+            "--max-num-iterations", "2",
+            "--vis", "tensorboard",
+            "--pipeline.object-log-dir", str(logs),
+            "--pipeline.datamanager.num-workers", "0",
+            "--pipeline.datamanager.objects-per-batch", "2",
+            "--pipeline.datamanager.target-views-per-object", "2",
+            "--pipeline.datamanager.patch-size", "16",
+            "--pipeline.datamanager.eval-resolution", "32",
+        ]  # fmt: skip
+        launches.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    for machine, launch in enumerate(launches):
+        output, _ = launch.communicate(timeout=1200)
+        assert launch.returncode == 0, f"machine {machine} failed:\n{output[-3000:]}"
+    assert len(list((tmp_path / "machine0").rglob("*.ckpt"))) == 1
+    assert not list((tmp_path / "machine1").rglob("*.ckpt"))
+    objects = [
+        [json.loads(line)["objects"] for line in (logs / f"objects-rank{r}.jsonl").read_text().splitlines()]
+        for r in range(WORLD_SIZE)
+    ]
+    assert len(objects[0]) == len(objects[1]) == 2
+    for step in range(2):
+        assert not set(objects[0][step]) & set(objects[1][step]), objects
 
 
 def no_jitter(pipeline) -> None:
