@@ -1,9 +1,10 @@
 """Reproducible randomness of a training step.
 
 The data side draws from generators seeded by (seed, step, rank). The renderer's stratified samplers draw from
-torch's global RNG, so the pipeline re-seeds that too at the start of every step: a step's loss then depends only on
-the weights, the sampler position and (seed, step, rank), which is what makes a resumed run repeat an
-uninterrupted one, and lets deferred back-propagation replay a chunk's samples exactly.
+torch's global RNG, so the pipeline re-seeds that too in every step, once the batch is fetched (building a DataLoader
+iterator draws from it): a step's loss then depends only on the weights, the sampler position and (seed, step, rank),
+which is what makes a resumed run repeat an uninterrupted one, and lets deferred back-propagation replay a chunk's
+samples exactly.
 """
 
 from __future__ import annotations
