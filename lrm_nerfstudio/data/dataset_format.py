@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, runtime_checkable
 
 import numpy as np
 from jaxtyping import Float
@@ -43,6 +43,7 @@ def _fail(path: Path | str, problem: str, fix: str = "") -> DatasetFormatError:
     return DatasetFormatError(msg)
 
 
+@runtime_checkable
 class MemberSource(Protocol):
     """Where an object's files live when not in a folder (a tar shard, `lrm_nerfstudio.data.shards`).
 
