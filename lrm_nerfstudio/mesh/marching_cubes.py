@@ -185,7 +185,9 @@ def choose_iso_level(grid: np.ndarray) -> IsoLevel:
     sm_grad = np.convolve(grad_sum, kernel, mode="same")
     sm_count = np.convolve(count, kernel, mode="same")
     min_count = min(64.0, 1e-5 * grid.size) * kernel.sum() / (2 * half + 1)
-    valid = sm_count > max(min_count, 1e-9)
+    # smoothing spreads counts into bins outside [min, max]; a level there would cut no voxel edge
+    level_values = np.exp(centres)
+    valid = (sm_count > max(min_count, 1e-9)) & (level_values > vmin) & (level_values < vmax)
     stats |= {"voxels_in_range": float(count.sum())}
     if valid.sum() >= 2:
         mean_grad = np.where(valid, sm_grad / np.maximum(sm_count, 1e-12), -np.inf)

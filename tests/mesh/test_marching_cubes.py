@@ -79,6 +79,15 @@ def test_empty_and_constant_fields_raise_with_stats():
         extract_mesh(lambda p: torch.full((len(p),), 3.0), resolution=16)
 
 
+def test_level_stays_inside_a_narrow_density_range():
+    """An untrained model's field: dense everywhere, little contrast (0.33..0.40). The smoothed histogram spills
+    below the minimum; the level must not follow it there, where it would cut nothing."""
+    rng = np.random.default_rng(0)
+    grid = (0.40 - 0.07 * rng.random((32, 32, 32)) ** 4).astype(np.float32)
+    level = choose_iso_level(grid).value
+    assert grid.min() < level < grid.max()
+
+
 def test_accepts_trailing_singleton_density():
     mesh = extract_mesh(lambda p: sphere_density()(p)[:, None], resolution=24)
     assert len(mesh.faces) > 0
