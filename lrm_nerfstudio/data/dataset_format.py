@@ -7,13 +7,14 @@ wrong and what to do. Nothing here caches decoded images: callers load what they
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from jaxtyping import Float
@@ -54,7 +55,7 @@ class MemberSource(Protocol):
         """Whether the member at `path` exists."""
         ...
 
-    def open(self, path: Path) -> IO[bytes]:
+    def open(self, path: Path) -> io.BufferedIOBase:
         """The member's bytes; raises DatasetFormatError naming the shard and member when unreadable."""
         ...
 
@@ -63,7 +64,7 @@ def _is_file(path: Path, source: MemberSource | None) -> bool:
     return path.is_file() if source is None else source.exists(path)
 
 
-def _open(path: Path, source: MemberSource | None) -> Path | IO[bytes]:
+def _open(path: Path, source: MemberSource | None) -> Path | io.BufferedIOBase:
     return path if source is None else source.open(path)
 
 
