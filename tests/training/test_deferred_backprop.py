@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torchvision
-from conftest import tiny_trainer_config
+from conftest import assert_same_grads, tiny_trainer_config
 
 from lrm_nerfstudio.model.losses import backbone_weights_path
 from lrm_nerfstudio.training.deferred import deferred_backward, render_in_chunks
@@ -34,16 +34,6 @@ def make_pipeline(data, deferred: bool = False):
 
 def grads(model) -> dict[str, torch.Tensor]:
     return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
-
-
-def assert_same_grads(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
-    assert set(got) == set(want)
-    # Attention key biases get an exactly-zero gradient in theory (softmax ignores a per-query constant), i.e. pure
-    # rounding noise: measure every gradient against at least 1e-4 of the largest one.
-    floor = 1e-4 * max(float(g.abs().max()) for g in want.values())
-    for name, g in want.items():
-        scale = max(float(g.abs().max()), floor)
-        torch.testing.assert_close(got[name] / scale, g / scale, rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_deferred_equals_direct_with_stratified_jitter(procedural_dataset, lpips_standin):
