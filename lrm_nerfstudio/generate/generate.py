@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import tyro
 
-from lrm_nerfstudio.cameras import CANONICAL_DISTANCE
 from lrm_nerfstudio.generate.dataset_writer import (
     CONSOLE,
     check_output_dir,
@@ -160,20 +159,12 @@ def main(config: GenerateConfig) -> dict[str, Any]:
     run_jobs(generate_object, jobs, config.workers, "objects", show_progress=config.progress)
     seconds = time.perf_counter() - start
     ids = [object_id(i) for i in range(config.num_objects)]
-    cams = config.cameras
-    distances = [*cams.distance_range] + ([CANONICAL_DISTANCE] if cams.canonical_first else [])
     write_dataset_json(
         root,
         ids,
         config.holdout_fraction,
         {
-            "camera": {
-                "distance_range": [min(distances), max(distances)],
-                "focal_range": list(cams.focal_range),
-                "elevation_range": list(cams.elevation_range),
-                "look_at": [0.0, 0.0, 0.0],
-                "canonical_view": 0 if cams.canonical_first else None,
-            },
+            "camera": config.cameras.dataset_record(),
             "generator": {"name": "lrm-generate", "stamp": stamp, "config": recorded_config(config)},
         },
     )

@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import tyro
 
-from lrm_nerfstudio.cameras import CANONICAL_DISTANCE
 from lrm_nerfstudio.generate.dataset_writer import (
     CONSOLE,
     check_output_dir,
@@ -234,21 +233,13 @@ def main(config: RenderMeshesConfig) -> dict[str, Any]:
     bad = {oid: reason for oid, reason in results if reason is not None}
     rendered = [oid for oid, reason in results if reason is None]
     good = [oid for oid in ids if oid in set(rendered) | set(done)]
-    cams = config.cameras
-    distances = [*cams.distance_range] + ([CANONICAL_DISTANCE] if cams.canonical_first else [])
     if good:
         write_dataset_json(
             root,
             good,
             config.holdout_fraction,
             {
-                "camera": {
-                    "distance_range": [min(distances), max(distances)],
-                    "focal_range": list(cams.focal_range),
-                    "elevation_range": list(cams.elevation_range),
-                    "look_at": [0.0, 0.0, 0.0],
-                    "canonical_view": 0 if cams.canonical_first else None,
-                },
+                "camera": config.cameras.dataset_record(),
                 "generator": {"name": "lrm-render-meshes", "stamp": stamp, "config": recorded_config(config)},
             },
         )

@@ -42,6 +42,17 @@ class CameraSamplerConfig:
         if not -90 <= self.elevation_range[0] <= self.elevation_range[1] <= 90:
             raise ValueError(f"CameraSamplerConfig.elevation_range {self.elevation_range}: need -90 <= lo <= hi <= 90")
 
+    def dataset_record(self) -> dict:
+        """The `camera` entry of dataset.json: the ranges the views actually span (the canonical view included)."""
+        distances = [*self.distance_range] + ([CANONICAL_DISTANCE] if self.canonical_first else [])
+        return {
+            "distance_range": [min(distances), max(distances)],
+            "focal_range": list(self.focal_range),
+            "elevation_range": list(self.elevation_range),
+            "look_at": [0.0, 0.0, 0.0],
+            "canonical_view": 0 if self.canonical_first else None,
+        }
+
 
 @dataclass
 class View:
