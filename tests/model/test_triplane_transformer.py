@@ -1,5 +1,6 @@
 """CameraEmbedder, TriplaneTransformer (adaLN) and TriplaneUpsampler."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -79,3 +80,47 @@ def test_upsampler_is_a_stride_2_deconv_per_plane():
     assert out.shape == (2, 3, 5, 8, 8)
     for p in range(3):  # same kernel on each plane, no mixing between planes
         torch.testing.assert_close(out[:, p], up.deconv(planes[:, p]))
+
+
+def _patch_coordinate_tokens(g: int) -> torch.Tensor:
+    """A CLS token, then g x g patch tokens (raster order) whose 2 channels are the patch centre's normalised image
+    coordinates (u to the right, v down, both in [-1, 1])."""
+    centres = (torch.arange(g) + 0.5) / g * 2 - 1
+    v, u = torch.meshgrid(centres, centres, indexing="ij")
+    return torch.cat([torch.zeros(1, 2), torch.stack([u, v], dim=-1).reshape(g * g, 2)])[None]
+
+
+def test_image_lift_puts_each_patch_where_the_canonical_camera_sees_it():
+    """Known answer: with an identity projection, the XZ plane at a point holds the image coordinates where the
+    canonical source camera (distance 2, focal 0.75) sees it; XY keeps u and YZ keeps v (the other averaged out)."""
+    from lrm_nerfstudio.cameras import canonical_c2w
+    from lrm_nerfstudio.model.triplane_field import sample_triplanes
+
+    tr = _transformer(triplane_low_res=8, inner_dim=2, num_heads=1, cond_dim=2, image_lift=True)
+    with torch.no_grad():
+        tr.lift.weight.copy_(torch.eye(2))
+        tr.lift.bias.zero_()
+    planes = tr.lift_image(_patch_coordinate_tokens(8)).permute(0, 1, 4, 2, 3)  # [1, 3, C, n, n]
+
+    torch.manual_seed(0)
+    xz = torch.rand(50, 2) * 1.6 - 0.8
+    points = torch.stack([xz[:, 0], torch.zeros(50), xz[:, 1]], dim=-1)  # on the plane y = 0 through the origin
+    c2w = torch.from_numpy(canonical_c2w()).float()
+    cam = (points - c2w[:, 3]) @ c2w[:, :3]  # world -> OpenGL camera (looks down -z)
+    u = 2 * 0.75 * cam[:, 0] / -cam[:, 2]
+    v = -2 * 0.75 * cam[:, 1] / -cam[:, 2]
+
+    feats = sample_triplanes(points[None], planes)[0]  # [P, 3 planes, 2]
+    torch.testing.assert_close(feats[:, 1], torch.stack([u, v], dim=-1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(feats[:, 0], torch.stack([u, torch.zeros(50)], dim=-1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(feats[:, 2], torch.stack([torch.zeros(50), v], dim=-1), atol=1e-5, rtol=0)
+
+
+def test_image_lift_changes_the_tokens_and_needs_a_square_grid():
+    torch.manual_seed(0)
+    plain, lifted = _transformer(), _transformer(image_lift=True)
+    lifted.load_state_dict(plain.state_dict(), strict=False)
+    tokens, cam = torch.randn(1, 17, 24), torch.randn(1, 16)
+    assert (plain(tokens, cam) - lifted(tokens, cam)).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="square grid of patch tokens, got 6 tokens"):
+        lifted(torch.randn(1, 6, 24), cam)
