@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
@@ -56,3 +57,25 @@ def test_quick_benchmark_prints_complete_json():
     }
     for row in memory["steps"]:
         assert positive(row["peak_memory_bytes"]) and positive(row["peak_memory_delta_bytes"])
+
+
+def test_reconstruct_benchmark_times_every_stage(tmp_path):
+    """scripts/benchmark_reconstruct.py on a random lrm-tiny: JSON on stdout with every lrm-reconstruct stage."""
+    from PIL import Image
+
+    image = tmp_path / "disc.png"
+    yy, xx = np.mgrid[0:64, 0:64] - 31.5
+    rgba = np.zeros((64, 64, 4), dtype=np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, ((xx**2 + yy**2) < 20**2) * 255
+    Image.fromarray(rgba).save(image)
+    script = SCRIPT.parent / "benchmark_reconstruct.py"
+    args = ["--method", "lrm-tiny", "--resolution", "24", "--turntable-frames", "2", "--turntable-resolution", "16"]
+    proc = subprocess.run([sys.executable, str(script), str(image), *args], capture_output=True, text=True,
+                          timeout=600, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["model"] == {"method": "lrm-tiny", "weights": "random"} and report["mesh_resolution"] == 24
+    assert positive(report["load_s"])
+    timings = report["disc"]["timings_s"]
+    for stage in ("preprocess", "encode", "decode", "mesh", "turntable", "write"):
+        assert positive(timings[stage]), stage
