@@ -128,7 +128,54 @@ def _slabs(grid: np.ndarray, step: int = 32, halo: int = 0):
         yield grid[:, :, lo:hi].astype(np.float32), z0 - lo, z1 - lo
 
 
-def choose_iso_level(grid: np.ndarray) -> IsoLevel:
+def _silhouette_level(grid: np.ndarray, spacing: float) -> tuple[float, float] | None:
+    """(level, target): the level whose axis silhouettes cover as many pixels as the field's own renders do.
+
+    Along each axis the field is rendered orthographically (opacity `1 - exp(-sum(sigma) * spacing)` per column) and
+    the pixels above 50 % opacity are counted: `target`, summed over the three axes. A level tau covers the
+    columns whose maximum density exceeds tau; the result is the largest tau covering at least `target` columns.
+    None when no column reaches 50 % opacity.
+    """
+    maxima, target = [], 0
+    for axis in range(3):
+        optical = np.zeros([n for i, n in enumerate(grid.shape) if i != axis], dtype=np.float64)
+        peak = np.zeros_like(optical)
+        for a in range(0, grid.shape[2], 32):  # slabs along z keep a float16 grid from being copied whole
+            b = min(grid.shape[2], a + 32)
+            s = np.nan_to_num(grid[:, :, a:b].astype(np.float32), nan=0.0, posinf=_FLOAT16_MAX, neginf=0.0)
+            if axis == 2:
+                optical += s.sum(axis=2, dtype=np.float64)
+                peak = np.maximum(peak, s.max(axis=2))
+            else:
+                optical[..., a:b] += s.sum(axis=axis, dtype=np.float64)
+                peak[..., a:b] = np.maximum(peak[..., a:b], s.max(axis=axis))
+        target += int(((1.0 - np.exp(-optical * spacing)) > 0.5).sum())
+        maxima.append(peak.ravel())
+    if target == 0:
+        return None
+    ranked = np.sort(np.concatenate(maxima))[::-1]
+    above = ranked[target - 1]
+    below = ranked[target] if target < len(ranked) else 0.0
+    return 0.5 * (above + below), float(target)
+
+
+def _columns_covered(grid: np.ndarray, level: float) -> int:
+    """Columns along x, y and z (summed) that hold a voxel above `level`."""
+    covered = 0
+    for axis in range(3):
+        hit = np.zeros([n for i, n in enumerate(grid.shape) if i != axis], dtype=bool)
+        for a in range(0, grid.shape[2], 32):
+            b = min(grid.shape[2], a + 32)
+            above = grid[:, :, a:b] > level
+            if axis == 2:
+                hit |= above.any(axis=2)
+            else:
+                hit[..., a:b] |= above.any(axis=axis)
+        covered += int(hit.sum())
+    return covered
+
+
+def choose_iso_level(grid: np.ndarray, spacing: float | None = None) -> IsoLevel:
     """Pick an iso-level from the density field alone (no fixed threshold).
 
     Trained NeRFs put their densities on very different scales (a known OpenLRM complaint: a fixed level gives a
@@ -148,8 +195,15 @@ def choose_iso_level(grid: np.ndarray) -> IsoLevel:
     Safeguards: a field with no positive density, or a constant one, raises `NoSurfaceError` with its statistics.
     If too few voxels lie in the range to decide, the level falls back to half the maximum with a warning.
 
+    Soft fields: a briefly trained model predicts fog without a sharp boundary, where the mean gradient keeps
+    growing up to the densest voxel and the level above would mesh a speck. With `spacing` (the lattice step in
+    world units) the level is checked against what the field's renders show: if its silhouettes along the three
+    axes cover less than half of the pixels that the field itself renders above 50 % opacity, the level whose
+    silhouettes match those pixels is used instead (method "opacity-silhouette").
+
     Args:
         grid: densities [R, R, R] indexed (x, y, z), any float dtype; processed in slabs, never copied whole.
+        spacing: lattice step in world units (densities are per world unit); None skips the soft-field check.
 
     Returns:
         The level, the method used and density statistics.
@@ -193,7 +247,13 @@ def choose_iso_level(grid: np.ndarray) -> IsoLevel:
         mean_grad = np.where(valid, sm_grad / np.maximum(sm_count, 1e-12), -np.inf)
         k = int(np.argmax(mean_grad))
         stats |= {"peak_mean_gradient": float(mean_grad[k])}
-        return IsoLevel(float(math.exp(centres[k])), "max-mean-gradient", stats)
+        level = float(math.exp(centres[k]))
+        silhouette = _silhouette_level(grid, spacing) if spacing is not None else None
+        if silhouette is not None:
+            stats |= {"opaque_silhouette_pixels": silhouette[1]}
+            if _columns_covered(grid, level) < 0.5 * silhouette[1] and vmin < silhouette[0] < vmax:
+                return IsoLevel(float(silhouette[0]), "opacity-silhouette", stats)
+        return IsoLevel(level, "max-mean-gradient", stats)
     level = 0.5 * vmax
     warnings.warn(
         f"extract_mesh: too few voxels to choose an iso-level from the data; using half the maximum density, "
@@ -275,7 +335,7 @@ def extract_mesh(
     lo, hi, _ = _grid_axes(resolution, bbox)
     grid = sample_density_grid(density_fn, resolution, bbox, chunk_size, device)
     if iso_level is None:
-        iso = choose_iso_level(grid)
+        iso = choose_iso_level(grid, spacing=float(np.max((hi - lo) / (resolution - 1))))
     else:
         iso = IsoLevel(float(iso_level), "fixed", {})
     verts, faces = marching_cubes_blocks(grid, iso.value, block=max(1, block_size))

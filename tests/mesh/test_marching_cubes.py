@@ -109,3 +109,30 @@ def test_save_mesh_writes_all_formats(tmp_path):
     assert len(glb.faces) == len(mesh.faces)
     # GLB is +Y up: the old +Z extent is now the +Y extent.
     np.testing.assert_allclose(glb.bounds[:, 1], mesh.bounds[:, 2], atol=1e-5)
+
+
+def test_soft_fog_gets_the_level_its_renders_show():
+    """A Gaussian fog (peak 4, width s = 0.3), as a briefly trained model predicts. The mean gradient peaks at
+    peak / sqrt(e), whose sphere (radius s) shows a third of what the renders show. The level whose silhouettes match the field's own 50 %-opacity
+    renders is, analytically, ln 2 / (s sqrt(2 pi)), and the mesh is a sphere of radius s sqrt(2 ln(4 / level))."""
+    s, peak, res = 0.3, 4.0, 97
+    ax = np.linspace(-1, 1, res)
+    x, y, z = np.meshgrid(ax, ax, ax, indexing="ij")
+    grid = (peak * np.exp(-(x**2 + y**2 + z**2) / (2 * s**2))).astype(np.float32)
+    voxel = 2 / (res - 1)
+    assert choose_iso_level(grid).method == "max-mean-gradient"  # without the lattice step: the old choice
+    assert choose_iso_level(grid).value == pytest.approx(peak * np.exp(-0.5), rel=0.05)
+
+    iso = choose_iso_level(grid, spacing=voxel)
+    expected = np.log(2) / (s * np.sqrt(2 * np.pi))
+    assert iso.method == "opacity-silhouette"
+    assert iso.value == pytest.approx(expected, rel=0.1)
+
+    def density(p):
+        return peak * torch.exp(-(p**2).sum(-1) / (2 * s**2))
+
+    mesh = extract_mesh(density, resolution=res)
+    assert mesh.metadata["iso_method"] == "opacity-silhouette"
+    radius = s * np.sqrt(2 * np.log(peak / expected))
+    assert np.linalg.norm(mesh.vertices, axis=1).mean() == pytest.approx(radius, abs=1.5 * voxel)
+    assert mesh.is_watertight
