@@ -117,7 +117,11 @@ lrm_tiny_method = MethodSpecification(
                     num_heads=4,
                 ),
                 camera_embedder=CameraEmbedderConfig(embed_dim=256),
-                transformer=TriplaneTransformerConfig(triplane_low_res=16, inner_dim=256, num_layers=3, num_heads=4),
+                # image_lift: a from-scratch decoder this small would otherwise spend its CPU hours learning which
+                # image patch each texel sees (README: "What 2 CPU cores buy")
+                transformer=TriplaneTransformerConfig(
+                    triplane_low_res=16, inner_dim=256, num_layers=3, num_heads=4, image_lift=True
+                ),
                 upsampler=TriplaneUpsamplerConfig(out_dim=16),
                 field=TriplaneFieldConfig(hidden_dim=64, num_hidden_layers=2),
                 num_coarse_samples=16,

@@ -58,3 +58,21 @@ def test_demo_end_to_end_and_resume(tmp_path):
     flat = " ".join(again.split())  # nerfstudio's console wraps long lines at 120 columns
     assert "Reusing the dataset" in flat and "Reusing the finished training run" in flat
     assert printed_artefacts(again)["checkpoint"] == artefacts["checkpoint"]
+
+
+def test_demo_refuses_data_made_with_other_settings(tmp_path, capsys):
+    """A data folder written with other generator settings is named, not silently reused or overwritten."""
+    from lrm_nerfstudio.generate.generate import GenerateConfig
+    from lrm_nerfstudio.generate.generate import main as generate
+    from lrm_nerfstudio.scripts.demo import DemoConfig, main
+
+    data = tmp_path / "data"
+    generate(GenerateConfig(output=data, num_objects=3, num_views=3, resolution=16, workers=1, progress=False))
+    before = (data / "dataset.json").read_text()
+    config = DemoConfig(data=data, output_dir=tmp_path / "out", num_objects=3, num_views=3, resolution=16, workers=1)
+    assert main(config) == 2
+    printed = "".join(capsys.readouterr().out.split())  # the console wraps long lines
+    assert "madewithadifferentgeneratorconfig" in printed and str(data / "000000") in printed
+    assert "passanother--data" in printed
+    assert (data / "dataset.json").read_text() == before
+    assert not (tmp_path / "out" / "runs").exists()
