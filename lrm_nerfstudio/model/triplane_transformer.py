@@ -143,7 +143,9 @@ class TriplaneTransformer(nn.Module):
             raise ValueError(f"image_lift needs a CLS token and a square grid of patch tokens, got {t} tokens")
         n = self.config.triplane_low_res
         feats = self.lift(image_tokens[:, 1:]).view(b, g, g, -1).permute(0, 3, 1, 2)  # [B, D, rows, cols]
-        centres = ((torch.arange(n, device=feats.device, dtype=feats.dtype) + 0.5) / n * 2 - 1) * self.config.lift_extent
+        centres = (
+            (torch.arange(n, device=feats.device, dtype=feats.dtype) + 0.5) / n * 2 - 1
+        ) * self.config.lift_extent
         zz, xx = torch.meshgrid(centres, centres, indexing="ij")
         grid = torch.stack([xx, -zz], dim=-1)  # image x = world x, image y (down) = -world z
         xz = F.grid_sample(feats, grid[None].expand(b, -1, -1, -1), mode="bilinear", align_corners=False)
