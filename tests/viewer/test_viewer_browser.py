@@ -165,3 +165,28 @@ def test_viewer_renders_follows_training_and_the_dropdown(trainer, tmp_path):
             browser.close()
     if os.environ.get("LRM_UPDATE_SCREENSHOT"):
         Image.open(tmp_path / "other_object.png").save(DOCS_SCREENSHOT, optimize=True)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium); CI installs it")
+def test_screenshot_script_shows_a_saved_run(procedural_dataset, tmp_path):
+    """scripts/viewer_screenshot.py (the README's docs-screenshot command): ns-viewer on a saved run, in Chromium."""
+    import json
+    import subprocess
+    import sys
+
+    from lrm_run_helpers import save_tiny_run
+
+    config = save_tiny_run(procedural_dataset, tmp_path / "run")
+    out = tmp_path / "shot.png"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "viewer_screenshot.py"
+    proc = subprocess.run([sys.executable, str(script), str(config), str(out), "--width", "800", "--height", "500"],
+                          capture_output=True, text=True, timeout=400, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["output"] == str(out)
+    shot = np.asarray(Image.open(out).convert("RGB"), dtype=np.float32)
+    assert shot.shape == (500, 800, 3)
+    assert shot[60:, : 800 - 340].std() > 5.0  # the render area is drawn, not the empty dark scene
+
+    missing = subprocess.run([sys.executable, str(script), str(tmp_path / "nope.yml"), str(out)],
+                             capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert missing.returncode != 0 and "nope.yml: no such config" in missing.stderr
