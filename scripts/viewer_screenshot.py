@@ -1,7 +1,7 @@
 """Screenshot of `ns-viewer --load-config CONFIG` in headless Chromium (Debian's `chromium`), e.g. for the docs.
 
-Starts nerfstudio's viewer on the run, opens it in the browser, waits until the render has settled (two looks 1 s
-apart agree), and writes the page as a PNG. Prints one JSON line (output path, seconds) to stdout.
+Starts nerfstudio's viewer on the run, opens it in the browser, waits until the full-resolution render has settled,
+and writes the page as a PNG. Prints one JSON line (output path, seconds) to stdout.
 
 Example:
     uv run python scripts/viewer_screenshot.py outputs/demo/runs/demo/lrm-tiny/RUN/config.yml docs/viewer_screenshot.png
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -53,7 +54,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("output", type=Path, help="PNG to write")
     parser.add_argument("--width", type=int, default=1100)
     parser.add_argument("--height", type=int, default=700)
-    parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the viewer and the render")
+    parser.add_argument("--timeout", type=float, default=240.0, help="seconds to wait for the viewer and the render")
+    parser.add_argument("--full-render-wait", type=float, default=90.0, help="seconds to wait for the full render")
     args = parser.parse_args(argv)
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
@@ -100,13 +102,24 @@ def main(argv: list[str] | None = None) -> dict:
                 shot = np.asarray(Image.open(io.BytesIO(page.screenshot())).convert("RGB"), dtype=np.float32)
                 return shot[60:, : args.width - PANEL_WIDTH]
 
-            last = region()
+            def resolution() -> str:  # nerfstudio's panel shows the size of the last render
+                found = re.search(r"Resolution: (\d+)\D(\d+)px", page.inner_text("body"))
+                return found.group(0) if found else ""
+
+            # settled: drawn, and neither the picture nor the render size changed over 3 looks 1 s apart. The viewer
+            # draws a small render first and the full-resolution one (seconds on a CPU) after it, so a settled small
+            # render only counts once the larger one has had `--full-render-wait` seconds to appear.
+            looks = [(region(), resolution())]
+            first, since = looks[0][1], time.monotonic()
             while time.monotonic() < deadline:
                 time.sleep(1.0)
-                now = region()
-                if now.std() > 5.0 and np.abs(now - last).mean() < 0.05:  # drawn, and no longer refining
-                    break
-                last = now
+                looks = [*looks[-2:], (region(), resolution())]
+                first = first or looks[-1][1]
+                full = looks[-1][1] != first or time.monotonic() - since > args.full_render_wait
+                if len(looks) == 3 and looks[-1][0].std() > 5.0 and looks[-1][1] and full:
+                    same = all(np.abs(a[0] - looks[-1][0]).mean() < 0.05 and a[1] == looks[-1][1] for a in looks)
+                    if same:
+                        break
             else:
                 raise SystemExit(f"the render did not settle within {args.timeout:.0f} s")
             args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -179,7 +179,8 @@ def test_screenshot_script_shows_a_saved_run(procedural_dataset, tmp_path):
     config = save_tiny_run(procedural_dataset, tmp_path / "run")
     out = tmp_path / "shot.png"
     script = Path(__file__).resolve().parents[2] / "scripts" / "viewer_screenshot.py"
-    proc = subprocess.run([sys.executable, str(script), str(config), str(out), "--width", "800", "--height", "500"],
+    proc = subprocess.run([sys.executable, str(script), str(config), str(out), "--width", "800", "--height", "500",
+                           "--full-render-wait", "20"],
                           capture_output=True, text=True, timeout=400, check=False)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1])["output"] == str(out)
