@@ -38,7 +38,8 @@ def test_overfits_one_object(tmp_path):
     config.pipeline.datamanager.target_views_per_object = 4
     pipeline = config.pipeline.setup(device="cpu", test_mode="val")
     params = list(pipeline.model.parameters())
-    optimizer = torch.optim.Adam(params, lr=3e-3)
+    # lrm-tiny's own decoder rate (1e-3). At 3e-3 the image lift's projection overshoots: 1.9x instead of 3.6x.
+    optimizer = torch.optim.Adam(params, lr=config.optimizers["decoder"]["optimizer"].lr)
     losses = []
     for step in range(150):
         _, loss_dict, _ = pipeline.get_train_loss_dict(step)
@@ -50,5 +51,6 @@ def test_overfits_one_object(tmp_path):
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     print(f"rgb loss {first:.4f} -> {last:.4f}")
     # The trajectory is chaotic in the samplers' jitter: with step 0's jitter drawn before / after the batch is
-    # fetched (training/determinism.py) it fell 4.6x / 3.7x. 3x still fails a model that does not learn.
+    # fetched (training/determinism.py) it fell 4.6x / 3.7x (lr 3e-3, before the image lift); with the lift at lr
+    # 1e-3 it falls 3.6x. 3x still fails a model that does not learn.
     assert last < first / 3, f"rgb loss only fell from {first:.4f} to {last:.4f}"
