@@ -128,51 +128,27 @@ def _slabs(grid: np.ndarray, step: int = 32, halo: int = 0):
         yield grid[:, :, lo:hi].astype(np.float32), z0 - lo, z1 - lo
 
 
-def _silhouette_level(grid: np.ndarray, spacing: float) -> tuple[float, float] | None:
-    """(level, target): the level whose axis silhouettes cover as many pixels as the field's own renders do.
+def _axis_projections(grid: np.ndarray, spacing: float) -> tuple[int, np.ndarray]:
+    """The field rendered orthographically along x, y and z, in one pass over z-slabs.
 
-    Along each axis the field is rendered orthographically (opacity `1 - exp(-sum(sigma) * spacing)` per column) and
-    the pixels above 50 % opacity are counted: `target`, summed over the three axes. A level tau covers the
-    columns whose maximum density exceeds tau; the result is the largest tau covering at least `target` columns.
-    None when no column reaches 50 % opacity.
+    Returns:
+        `opaque`: the pixels above 50 % opacity (`1 - exp(-sum(sigma) * spacing)` per column), summed over the
+        three axes; and the maximum density of every column of the three axes, flattened together. A level tau
+        then covers `(maxima > tau).sum()` pixels of the three silhouettes.
     """
-    maxima, target = [], 0
-    for axis in range(3):
-        optical = np.zeros([n for i, n in enumerate(grid.shape) if i != axis], dtype=np.float64)
-        peak = np.zeros_like(optical)
-        for a in range(0, grid.shape[2], 32):  # slabs along z keep a float16 grid from being copied whole
-            b = min(grid.shape[2], a + 32)
-            s = np.nan_to_num(grid[:, :, a:b].astype(np.float32), nan=0.0, posinf=_FLOAT16_MAX, neginf=0.0)
-            if axis == 2:
-                optical += s.sum(axis=2, dtype=np.float64)
-                peak = np.maximum(peak, s.max(axis=2))
-            else:
-                optical[..., a:b] += s.sum(axis=axis, dtype=np.float64)
-                peak[..., a:b] = np.maximum(peak[..., a:b], s.max(axis=axis))
-        target += int(((1.0 - np.exp(-optical * spacing)) > 0.5).sum())
-        maxima.append(peak.ravel())
-    if target == 0:
-        return None
-    ranked = np.sort(np.concatenate(maxima))[::-1]
-    above = ranked[target - 1]
-    below = ranked[target] if target < len(ranked) else 0.0
-    return 0.5 * (above + below), float(target)
-
-
-def _columns_covered(grid: np.ndarray, level: float) -> int:
-    """Columns along x, y and z (summed) that hold a voxel above `level`."""
-    covered = 0
-    for axis in range(3):
-        hit = np.zeros([n for i, n in enumerate(grid.shape) if i != axis], dtype=bool)
-        for a in range(0, grid.shape[2], 32):
-            b = min(grid.shape[2], a + 32)
-            above = grid[:, :, a:b] > level
-            if axis == 2:
-                hit |= above.any(axis=2)
-            else:
-                hit[..., a:b] |= above.any(axis=axis)
-        covered += int(hit.sum())
-    return covered
+    rx, ry, rz = grid.shape
+    sums = [np.zeros((ry, rz)), np.zeros((rx, rz)), np.zeros((rx, ry))]
+    peaks = [np.zeros((ry, rz), np.float32), np.zeros((rx, rz), np.float32), np.zeros((rx, ry), np.float32)]
+    for z0 in range(0, rz, 32):  # slabs along z keep a float16 grid from being copied whole
+        z1 = min(rz, z0 + 32)
+        s = np.nan_to_num(grid[:, :, z0:z1].astype(np.float32), nan=0.0, posinf=_FLOAT16_MAX, neginf=0.0)
+        for axis in (0, 1):  # the slab holds whole columns along x and y: write its z range
+            sums[axis][:, z0:z1] = s.sum(axis=axis, dtype=np.float64)
+            peaks[axis][:, z0:z1] = s.max(axis=axis)
+        sums[2] += s.sum(axis=2, dtype=np.float64)
+        np.maximum(peaks[2], s.max(axis=2), out=peaks[2])
+    opaque = sum(int(((1.0 - np.exp(-t * spacing)) > 0.5).sum()) for t in sums)
+    return opaque, np.concatenate([p.ravel() for p in peaks])
 
 
 def choose_iso_level(grid: np.ndarray, spacing: float | None = None) -> IsoLevel:
@@ -248,11 +224,16 @@ def choose_iso_level(grid: np.ndarray, spacing: float | None = None) -> IsoLevel
         k = int(np.argmax(mean_grad))
         stats |= {"peak_mean_gradient": float(mean_grad[k])}
         level = float(math.exp(centres[k]))
-        silhouette = _silhouette_level(grid, spacing) if spacing is not None else None
-        if silhouette is not None:
-            stats |= {"opaque_silhouette_pixels": silhouette[1]}
-            if _columns_covered(grid, level) < 0.5 * silhouette[1] and vmin < silhouette[0] < vmax:
-                return IsoLevel(float(silhouette[0]), "opacity-silhouette", stats)
+        if spacing is not None:
+            opaque, maxima = _axis_projections(grid, spacing)
+            stats |= {"opaque_silhouette_pixels": float(opaque)}
+            if 0 < opaque and (maxima > level).sum() < 0.5 * opaque:
+                # the largest level whose silhouettes still cover `opaque` pixels: between the opaque-th and the
+                # next largest column maximum
+                ranked = np.sort(maxima)[::-1]
+                matched = 0.5 * (ranked[opaque - 1] + (ranked[opaque] if opaque < len(ranked) else 0.0))
+                if vmin < matched < vmax:
+                    return IsoLevel(float(matched), "opacity-silhouette", stats)
         return IsoLevel(level, "max-mean-gradient", stats)
     level = 0.5 * vmax
     warnings.warn(
