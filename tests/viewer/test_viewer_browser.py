@@ -1,13 +1,12 @@
 """The real nerfstudio viewer, as `ns-train lrm-tiny` starts it with its trainer, in a headless Chromium: it draws the reconstruction, redraws
 it when another object is picked in the page's dropdown, and again after training steps.
 
-Set LRM_UPDATE_SCREENSHOT=1 to also copy the screenshot to docs/viewer_screenshot.png.
+The docs screenshot comes from scripts/viewer_screenshot.py (tested here too), whose Chromium flags these tests share.
 """
 
 import io
-import os
 import shutil
-import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -19,32 +18,13 @@ from conftest import tiny_trainer_config
 from PIL import Image
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-    # viser draws with WebGL; without a GPU only the SwiftShader software rasteriser provides it.
-    "--use-gl=angle",
-    "--use-angle=swiftshader",
-    "--enable-unsafe-swiftshader",
-]
 VIEWPORT = {"width": 1100, "height": 700}
 FAILURE_SCREENSHOT = Path("/tmp/lrm_viewer_test_failure.png")
-DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "viewer_screenshot.png"
+SCREENSHOT_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "viewer_screenshot.py"
+sys.path.insert(0, str(SCREENSHOT_SCRIPT.parent))
+from viewer_screenshot import CHROMIUM_ARGS, free_port  # scripts/ is not a package
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for(condition, timeout: float, what: str, interval: float = 0.25):
@@ -163,8 +143,6 @@ def test_viewer_renders_follows_training_and_the_dropdown(trainer, tmp_path):
             assert target in page.content()  # the source-image panel names the new object
         finally:
             browser.close()
-    if os.environ.get("LRM_UPDATE_SCREENSHOT"):
-        Image.open(tmp_path / "other_object.png").save(DOCS_SCREENSHOT, optimize=True)
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium); CI installs it")
@@ -172,13 +150,12 @@ def test_screenshot_script_shows_a_saved_run(procedural_dataset, tmp_path):
     """scripts/viewer_screenshot.py (the README's docs-screenshot command): ns-viewer on a saved run, in Chromium."""
     import json
     import subprocess
-    import sys
 
     from lrm_run_helpers import save_tiny_run
 
     config = save_tiny_run(procedural_dataset, tmp_path / "run")
     out = tmp_path / "shot.png"
-    script = Path(__file__).resolve().parents[2] / "scripts" / "viewer_screenshot.py"
+    script = SCREENSHOT_SCRIPT
     proc = subprocess.run([sys.executable, str(script), str(config), str(out), "--width", "800", "--height", "500",
                            "--full-render-wait", "20"],
                           capture_output=True, text=True, timeout=400, check=False)  # fmt: skip
