@@ -20,16 +20,19 @@ PLANE_AXES = ((0, 1), (0, 2), (1, 2))  # XY, XZ, YZ
 
 
 def sample_triplanes(
-    points: Float[Tensor, "B P 3"], triplanes: Float[Tensor, "B 3 C Rh Rw"]
+    points: Float[Tensor, "B P 3"],
+    triplanes: Float[Tensor, "B 3 C Rh Rw"],
+    plane_axes: tuple[tuple[int, int], ...] = PLANE_AXES,
 ) -> Float[Tensor, "B P 3 C"]:
     """Bilinear lookup of each point in the three planes (align_corners=False, zeros outside).
 
-    Plane XY is indexed by (x, y) with x along the width, XZ by (x, z), YZ by (y, z); points are in [-1, 1]^3.
-    All objects and planes go through one `grid_sample` call (objects and planes folded into its batch).
+    By default plane XY is indexed by (x, y) with x along the width, XZ by (x, z), YZ by (y, z); `plane_axes`
+    names the (width, height) axes of each plane otherwise. Points are in [-1, 1]^3. All objects and planes go
+    through one `grid_sample` call (objects and planes folded into its batch).
     """
     b, p, _ = points.shape
     _, three, c, r1, r2 = triplanes.shape
-    grid = torch.stack([points[..., list(axes)] for axes in PLANE_AXES], dim=1)  # [B, 3, P, 2]
+    grid = torch.stack([points[..., list(axes)] for axes in plane_axes], dim=1)  # [B, 3, P, 2]
     feats = F.grid_sample(
         triplanes.reshape(b * three, c, r1, r2),
         grid.reshape(b * three, 1, p, 2),
