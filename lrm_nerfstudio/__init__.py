@@ -3,3 +3,11 @@
 from lrm_nerfstudio.checkpoints import allow_numpy_scalars_in_checkpoints
 
 allow_numpy_scalars_in_checkpoints()
+
+
+def from_pretrained(path, device=None):
+    """An LRMModel in eval mode from a weights file or a released TripoSR / OpenLRM folder (see
+    `lrm_nerfstudio.pretrained.from_pretrained`; imported lazily so that loading the plugin stays cheap)."""
+    from lrm_nerfstudio.pretrained import from_pretrained as load
+
+    return load(path, device)

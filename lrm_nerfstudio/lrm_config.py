@@ -1,4 +1,6 @@
-"""nerfstudio method specifications: `lrm` (paper scale) and `lrm-tiny` (learns on 2 CPU cores)."""
+"""nerfstudio method specifications: `lrm` (paper scale), `lrm-tiny` (learns on 2 CPU cores), and the released
+models' architectures for fine-tuning, `lrm-triposr` and `lrm-openlrm` (start them from imported weights with
+`--pipeline.model.init-from FILE`)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
 from nerfstudio.engine.schedulers import CosineDecaySchedulerConfig
 from nerfstudio.plugins.types import MethodSpecification
 
+from lrm_nerfstudio.convert import openlrm, triposr
 from lrm_nerfstudio.data.lrm_datamanager import LRMDataManagerConfig
 from lrm_nerfstudio.data.lrm_dataparser import LRMDataParserConfig
 from lrm_nerfstudio.lrm_pipeline import LRMPipelineConfig
@@ -135,4 +138,71 @@ lrm_tiny_method = MethodSpecification(
         machine=_machine(),
     ),
     description="LRM sized for 2 CPU cores: from-scratch 64^2 ViT, 3x256 triplane transformer, 32^2x16 triplane.",
+)
+
+
+FINETUNE_STEPS = 5000
+
+
+def _finetune_method(name: str, model: LRMModelConfig, datamanager: LRMDataManagerConfig, description: str):
+    model.eval_num_rays_per_chunk = 1 << 13
+    return MethodSpecification(
+        config=LRMTrainerConfig(
+            method_name=name,
+            steps_per_eval_batch=250,
+            steps_per_eval_image=500,
+            steps_per_eval_all_images=100_000,
+            steps_per_save=500,
+            max_num_iterations=FINETUNE_STEPS,
+            mixed_precision=False,
+            pipeline=LRMPipelineConfig(datamanager=datamanager, model=model),
+            # fine-tuning: a tenth of the from-scratch learning rates, short warm-up
+            optimizers=_optimizers(encoder_lr=4e-6, decoder_lr=4e-5, warmup=100, max_steps=FINETUNE_STEPS),
+            viewer=ViewerConfig(websocket_host="127.0.0.1", num_rays_per_chunk=1 << 13),
+            vis="viewer",
+            machine=_machine(),
+        ),
+        description=description,
+    )
+
+
+def _openlrm_base() -> LRMModelConfig:
+    config = dict(openlrm.RELEASED_CONFIGS["base"])
+    config["encoder"] = {**openlrm.ENCODER_DEFAULTS, **openlrm.ENCODERS[config["encoder_model_name"]]}
+    return openlrm.model_config(config, "openlrm-base")
+
+
+lrm_triposr_method = _finetune_method(
+    "lrm-triposr",
+    triposr.model_config({**triposr.RELEASED_CONFIG, "dino": triposr.DINO_VITB16}, "TripoSR"),
+    LRMDataManagerConfig(
+        dataparser=LRMDataParserConfig(),
+        objects_per_batch=2,
+        target_views_per_object=4,
+        patch_size=64,
+        render_resolution_range=(64, 256),
+        source_resolution=512,
+        source_background=(0.5, 0.5, 0.5),  # TripoSR's inputs: grey background, object at 0.85 of the side
+        source_resize="bilinear_antialias",
+        photo_foreground_ratio=0.85,
+    ),
+    "TripoSR's architecture (stabilityai/TripoSR, MIT) for fine-tuning: --pipeline.model.init-from an "
+    "lrm-import-weights file.",
+)
+
+lrm_openlrm_method = _finetune_method(
+    "lrm-openlrm",
+    _openlrm_base(),
+    LRMDataManagerConfig(
+        dataparser=LRMDataParserConfig(),
+        objects_per_batch=2,
+        target_views_per_object=4,
+        patch_size=64,
+        render_resolution_range=(64, 256),
+        source_resolution=openlrm.SOURCE_SIZES["base"],
+        source_background=(1.0, 1.0, 1.0),  # OpenLRM's source images: white background, bicubic resize
+        source_resize="bicubic_align_corners",
+    ),
+    "OpenLRM v1.1's architecture (base; weights CC BY-NC 4.0) for fine-tuning: --pipeline.model.init-from an "
+    "lrm-import-weights file of any size (its architecture is used).",
 )

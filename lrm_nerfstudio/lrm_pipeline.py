@@ -62,6 +62,12 @@ class LRMPipelineConfig(VanillaPipelineConfig):
     def __post_init__(self) -> None:
         # `ns-train --machine.device-type cpu --machine.num-devices N` needs this (training/distributed.py)
         distributed.install_cpu_launcher()
+        if self.model.init_from is not None:
+            # The weights decide the architecture (and how source images are prepared), before config.yml is
+            # written, so that the run's checkpoints reload through its own config.
+            from lrm_nerfstudio.pretrained import adopt_architecture, pretrained_config
+
+            adopt_architecture(self, pretrained_config(self.model.init_from))
 
 
 class LRMPipeline(VanillaPipeline):

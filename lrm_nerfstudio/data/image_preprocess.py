@@ -13,6 +13,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -193,6 +194,7 @@ def _preprocess(
     foreground_ratio: float,
     background_color,
     alpha_threshold: float,
+    resize: str = "bilinear_antialias",
 ) -> PreprocessedImage:
     had_alpha = alpha is not None
     if alpha is not None and alpha.min() >= 1.0 - 1e-6:
@@ -224,8 +226,10 @@ def _preprocess(
     canvas[sy0 - oy : sy1 - oy, sx0 - ox : sx1 - ox, 3] = alpha[sy0:sy1, sx0:sx1]
 
     t = torch.from_numpy(canvas).permute(2, 0, 1)[None]
-    # Antialiased resampling: the object usually shrinks by a large factor.
-    t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0].clamp(0, 1)
+    if resize == "bicubic_align_corners":  # OpenLRM's resize of its source images
+        t = F.interpolate(t, size=(size, size), mode="bicubic", align_corners=True)[0].clamp(0, 1)
+    else:  # antialiased resampling: the object usually shrinks by a large factor
+        t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0].clamp(0, 1)
     notes.append(f"object box {x1 - x0}x{y1 - y0} px recentred and scaled to {foreground_ratio:.2f} of {size} px")
     return PreprocessedImage(
         image=t[:3].contiguous(),
@@ -256,6 +260,7 @@ def preprocess_image(
     background_color: tuple[float, float, float] = (1.0, 1.0, 1.0),
     max_pixels: int = 4096 * 4096,
     alpha_threshold: float = 0.5,
+    resize: Literal["bilinear_antialias", "bicubic_align_corners"] = "bilinear_antialias",
 ) -> PreprocessedImage:
     """Turn a photo into LRM's source image: mask the object, centre it, scale it, composite, resize.
 
@@ -271,6 +276,7 @@ def preprocess_image(
         background_color: RGB in [0, 1] to composite on.
         max_pixels: largest accepted width * height, checked from the header before decoding.
         alpha_threshold: alpha above which a pixel is object (for the box).
+        resize: bilinear antialiased (LRM, TripoSR) or bicubic with align_corners (OpenLRM).
 
     Returns:
         The image, its mask and what was assumed (`notes`).
@@ -299,7 +305,7 @@ def preprocess_image(
         with open(path, "rb") as fh:
             im = _open_checked(fh, name, max_pixels)
             rgb, alpha = _to_float_rgba(im, notes)
-    return _preprocess(rgb, alpha, name, notes, size, foreground_ratio, background_color, alpha_threshold)
+    return _preprocess(rgb, alpha, name, notes, size, foreground_ratio, background_color, alpha_threshold, resize)
 
 
 def preprocess_image_bytes(
@@ -311,6 +317,7 @@ def preprocess_image_bytes(
     background_color: tuple[float, float, float] = (1.0, 1.0, 1.0),
     max_pixels: int = 4096 * 4096,
     alpha_threshold: float = 0.5,
+    resize: Literal["bilinear_antialias", "bicubic_align_corners"] = "bilinear_antialias",
 ) -> PreprocessedImage:
     """`preprocess_image` for an in-memory file (a browser upload); `name` is used in messages and `source_path`.
 
@@ -323,4 +330,4 @@ def preprocess_image_bytes(
     notes: list[str] = []
     im = _open_checked(io.BytesIO(data), name, max_pixels)
     rgb, alpha = _to_float_rgba(im, notes)
-    return _preprocess(rgb, alpha, name, notes, size, foreground_ratio, background_color, alpha_threshold)
+    return _preprocess(rgb, alpha, name, notes, size, foreground_ratio, background_color, alpha_threshold, resize)

@@ -42,6 +42,7 @@ from lrm_nerfstudio.data.lrm_dataparser import LRMDataParser, LRMDataParserConfi
 from lrm_nerfstudio.training import distributed
 
 Background = Literal["white", "black", "random", "random_per_step"]
+SourceResize = Literal["bilinear_antialias", "bicubic_align_corners"]
 
 
 @dataclass
@@ -79,6 +80,12 @@ class LRMDataManagerConfig(VanillaDataManagerConfig):
     """Object id or image path shown in test mode / the viewer; None = first test, else val, else train object."""
     photo_foreground_ratio: float = 0.85
     """Object size / image side after recentring a photo given as display object or --data (image_preprocess)."""
+    source_background: tuple[float, float, float] | None = None
+    """Background of every source image (training sources, photos, viewer uploads), RGB in [0, 1]; None: the
+    targets' background. TripoSR's inputs are on grey 0.5."""
+    source_resize: SourceResize = "bilinear_antialias"
+    """How source images are resized to `source_resolution`: bilinear antialiased (LRM, TripoSR) or bicubic with
+    align_corners (OpenLRM)."""
     max_display_views: int = 32
     """At most this many views of the display object (viewer cameras, test-mode rays)."""
     load_depth: bool = False
@@ -114,11 +121,13 @@ def _bg_color(mode: str, rng: np.random.Generator) -> np.ndarray:
 
 
 def _resize(x: Tensor, hw: tuple[int, int], mode: str = "bilinear") -> Tensor:
-    """[C, H, W] -> [C, h, w]; antialiased when shrinking."""
+    """[C, H, W] -> [C, h, w]; antialiased when shrinking (mode "bilinear")."""
     if tuple(x.shape[-2:]) == tuple(hw):
         return x
     if mode == "nearest":
         return F.interpolate(x[None], size=hw, mode="nearest")[0]
+    if mode == "bicubic_align_corners":
+        return F.interpolate(x[None], size=hw, mode="bicubic", align_corners=True)[0]
     return F.interpolate(x[None], size=hw, mode="bilinear", antialias=True, align_corners=False)[0]
 
 
@@ -194,8 +203,11 @@ class ObjectViewsDataset(Dataset):
 
     def source(self, obj: ObjectViews, view: int, bg: np.ndarray) -> tuple[Tensor, Tensor]:
         """(source image [3, S, S] on bg, camera vector [16]) of one view."""
-        s = self.config.source_resolution
-        rgb, _ = _composite(_resize(_premultiplied(self.load_view(obj, view)), (s, s)), bg)
+        s, cfg = self.config.source_resolution, self.config
+        mode = "bicubic_align_corners" if cfg.source_resize == "bicubic_align_corners" else "bilinear"
+        if cfg.source_background is not None:
+            bg = np.asarray(cfg.source_background, dtype=np.float32)
+        rgb, _ = _composite(_resize(_premultiplied(self.load_view(obj, view)), (s, s), mode), bg)
         fx, fy, cx, cy, w, h = (torch.tensor(float(v)) for v in obj.intrinsics[view])
         cam = camera_vector(torch.from_numpy(obj.c2w[view]).float(), fx, fy, cx, cy, w, h).float()
         return rgb, cam
@@ -649,13 +661,17 @@ class LRMDataManager(VanillaDataManager):
     def _photo_source(self, path: Path) -> Float[Tensor, "3 H W"]:
         """A user's photo -> source image (image_preprocess: mask, recentre, composite; plain load as fallback)."""
         s, bg = self.config.source_resolution, self._eval_bg()
+        if self.config.source_background is not None:
+            bg = np.asarray(self.config.source_background, dtype=np.float32)
         try:
             from lrm_nerfstudio.data.image_preprocess import preprocess_image
         except ImportError:
             rgb, _ = _composite(_resize(_premultiplied(load_rgba(path)), (s, s)), bg)
             return rgb
         ratio, color = self.config.photo_foreground_ratio, tuple(float(c) for c in bg)
-        return preprocess_image(path, size=s, foreground_ratio=ratio, background_color=color).image.float()
+        return preprocess_image(
+            path, size=s, foreground_ratio=ratio, background_color=color, resize=self.config.source_resize
+        ).image.float()
 
     def get_display_source(self, ref: str) -> tuple[Float[Tensor, "3 H W"], Float[Tensor, "16"], str]:
         """(source image, camera vector, name) of an object id (any split; canonical view 0) or an image path.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -32,6 +33,18 @@ from lrm_nerfstudio.model.triplane_field import TriplaneFieldConfig
 from lrm_nerfstudio.model.triplane_transformer import TriplaneTransformerConfig
 from lrm_nerfstudio.model.upsampler import TriplaneUpsamplerConfig
 
+ARCHITECTURE_FIELDS = (
+    "encoder",
+    "camera_embedder",
+    "transformer",
+    "upsampler",
+    "field",
+    "sampler",
+    "num_coarse_samples",
+    "num_importance_samples",
+)
+"""LRMModelConfig fields that decide which weights fit (taken from `init_from`)."""
+
 
 @dataclass
 class LRMModelConfig(ModelConfig):
@@ -48,10 +61,15 @@ class LRMModelConfig(ModelConfig):
     """ConvTranspose upsampler of the planes (its input width follows the transformer)."""
     field: TriplaneFieldConfig = field(default_factory=TriplaneFieldConfig)
     """Triplane NeRF decoder (its input channels follow the upsampler)."""
+    sampler: Literal["pdf", "midpoint"] = "pdf"
+    """pdf: stratified uniform samples in the scene box, then importance samples from their weights (LRM, OpenLRM).
+    midpoint (TripoSR): `num_coarse_samples` midpoints of equal intervals between the ray's entry into and exit
+    from the field's box, composited with alpha = 1 - exp(-density / num_coarse_samples) (TripoSR's interval is 1/N
+    of the ray's chord, not a world distance)."""
     num_coarse_samples: int = 64
     """Uniform samples per ray inside the scene box."""
     num_importance_samples: int = 64
-    """PDF (importance) samples per ray, added to the uniform ones."""
+    """PDF (importance) samples per ray, added to the uniform ones (sampler pdf)."""
     coarse_pass_with_grad: bool = False
     """Back-propagate through the coarse pass too. Off: the coarse samples are re-evaluated with gradients in the
     fine pass anyway (the PDF sampler keeps them), so this only costs time."""
@@ -77,6 +95,10 @@ class LRMModelConfig(ModelConfig):
     """The triplane shown in the viewer and used by exporters is re-predicted after this many training steps."""
     compute_normals_in_training: bool = False
     """Render normals for training rays too (costs a density-gradient pass)."""
+    init_from: Path | None = None
+    """Start training from these weights: a file of lrm-import-weights / lrm-export-weights, or a released
+    TripoSR / OpenLRM folder. Its architecture replaces this config's (ARCHITECTURE_FIELDS, and the source image
+    preset of the datamanager); ignored when resuming from a checkpoint (--load-dir)."""
 
 
 class LRMModel(Model):
@@ -95,10 +117,10 @@ class LRMModel(Model):
         super().populate_modules()
         cfg = self.config
         self.encoder = cfg.encoder.setup()
-        self.camera_embedder = cfg.camera_embedder.setup()
-        self.transformer = replace(
-            cfg.transformer, cond_dim=self.encoder.out_dim, mod_dim=self.camera_embedder.out_dim
-        ).setup()
+        # TripoSR's decoder has no camera input, hence no camera embedder.
+        self.camera_embedder = cfg.camera_embedder.setup() if cfg.transformer.uses_camera else None
+        mod_dim = self.camera_embedder.out_dim if self.camera_embedder is not None else cfg.transformer.mod_dim
+        self.transformer = replace(cfg.transformer, cond_dim=self.encoder.out_dim, mod_dim=mod_dim).setup()
         self.upsampler = replace(cfg.upsampler, in_dim=cfg.transformer.inner_dim).setup()
         self.field = replace(cfg.field, triplane_dim=self.upsampler.out_dim).setup()
 
@@ -142,13 +164,27 @@ class LRMModel(Model):
         dtype = torch.bfloat16 if self.config.amp_dtype == "bfloat16" else torch.float16
         return torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled)
 
+    def embed_camera(self, source_cameras: Float[Tensor, "B 16"]) -> Float[Tensor, "B D_mod"] | None:
+        """Camera embedding for the decoder's adaLN; None for a decoder without camera input (TripoSR)."""
+        return None if self.camera_embedder is None else self.camera_embedder(source_cameras)
+
     def predict_triplanes(
         self, source_images: Float[Tensor, "B 3 H W"], source_cameras: Float[Tensor, "B 16"]
     ) -> Float[Tensor, "B 3 C R R"]:
-        """Image-to-triplane (§3.1-3.2): encode, embed the camera, decode tokens, upsample."""
+        """Image-to-triplane (§3.1-3.2): encode, embed the camera, decode tokens, upsample.
+
+        Args:
+            source_images: RGB in [0, 1] at the model's source resolution, composited on its background (the
+                encoder normalises them, or not, as its config says).
+            source_cameras: camera vectors (`lrm_nerfstudio.cameras.camera_vector`); ignored by a decoder without
+                camera input.
+
+        Returns:
+            The triplane, in the layout `field.config.plane_axes` reads.
+        """
         with self._autocast(source_images.device):
             tokens = self.encoder(source_images)
-            cam = self.camera_embedder(source_cameras)
+            cam = self.embed_camera(source_cameras)
             planes = self.transformer(tokens, cam)
             planes = self.upsampler(planes)
         return planes.float()
@@ -157,7 +193,16 @@ class LRMModel(Model):
     def render_triplanes(
         self, ray_bundle: RayBundle, triplanes: Float[Tensor, "B 3 C R R"], compute_normals: bool = False
     ) -> dict[str, Any]:
-        """Volume-render rays through their object's triplane (coarse uniform + importance samples)."""
+        """Volume-render rays through their object's triplane (coarse uniform + importance samples, or midpoints).
+
+        Args:
+            ray_bundle: rays in the project's frame; `metadata["object_index"]` picks each ray's triplane (default 0)
+                and `metadata["background_color"]` its background (default white).
+            triplanes: from `predict_triplanes`.
+            compute_normals: also render normals from the density gradient.
+        """
+        if self.config.sampler == "midpoint":
+            return self._render_midpoints(ray_bundle, triplanes, compute_normals)
         if ray_bundle.nears is None or ray_bundle.fars is None:
             ray_bundle = self.collider(ray_bundle)
         metadata = ray_bundle.metadata or {}
@@ -193,6 +238,50 @@ class LRMModel(Model):
         if compute_normals:
             normals = self.renderer_normals(normals=fine[FieldHeadNames.NORMALS], weights=weights)
             outputs["normals"] = (normals + 1.0) / 2.0  # nerfstudio's exporters expect normals in [0, 1]
+        return outputs
+
+    def _render_midpoints(
+        self, ray_bundle: RayBundle, triplanes: Float[Tensor, "B 3 C R R"], compute_normals: bool
+    ) -> dict[str, Any]:
+        """TripoSR's renderer: N midpoints between entry and exit of the box, delta = 1/N, no importance pass."""
+        metadata = ray_bundle.metadata or {}
+        object_index = metadata.get("object_index")
+        if object_index is not None:
+            object_index = object_index.long()
+        n = self.sampler_uniform.num_samples
+        half = self.field.config.box_radius * (1 - 1e-3)  # TripoSR shrinks its box by 1e-3
+        origins, directions = ray_bundle.origins, ray_bundle.directions
+        t0, t1 = (-half - origins) / directions, (half - origins) / directions
+        near = torch.minimum(t0, t1).amax(dim=-1, keepdim=True).clamp_min(0.0)
+        far = torch.maximum(t0, t1).amin(dim=-1, keepdim=True)
+        valid = (far - near) > 0.01
+        far = torch.where(valid, far, near + 0.01)  # missing rays: an empty interval, masked below
+        edges = torch.linspace(0.0, 1.0, n + 1, device=origins.device, dtype=origins.dtype)
+        bins = near + (far - near) * edges  # [N, n + 1]
+        ray_samples = ray_bundle.get_ray_samples(bin_starts=bins[:, :-1, None], bin_ends=bins[:, 1:, None])
+        ray_samples.deltas = torch.full_like(ray_samples.deltas, 1.0 / n)  # TripoSR's delta: 1/N of the chord
+        out = self.field(ray_samples, triplanes, object_index, compute_normals=compute_normals)
+        density = out[FieldHeadNames.DENSITY] * valid[:, None].to(origins.dtype)
+        weights = ray_samples.get_weights(density)
+        rgb_premultiplied = self.renderer_rgb(rgb=out[FieldHeadNames.RGB], weights=weights)
+        accumulation = self.renderer_accumulation(weights=weights)
+        background = metadata.get("background_color")
+        if background is None:
+            background = torch.ones_like(rgb_premultiplied)
+        outputs: dict[str, Any] = {
+            "rgb": rgb_premultiplied + (1.0 - accumulation) * background,
+            "rgb_premultiplied": rgb_premultiplied,
+            "accumulation": accumulation,
+            "depth": self.renderer_depth(weights=weights, ray_samples=ray_samples),
+            "expected_depth": self.renderer_expected_depth(weights=weights, ray_samples=ray_samples),
+            "weights_list": [weights],
+            "ray_samples_list": [ray_samples],
+        }
+        if "directions_norm" in metadata:
+            outputs["directions_norm"] = metadata["directions_norm"]
+        if compute_normals:
+            normals = self.renderer_normals(normals=out[FieldHeadNames.NORMALS], weights=weights)
+            outputs["normals"] = (normals + 1.0) / 2.0
         return outputs
 
     def set_samples_per_ray(self, num_coarse: int, num_importance: int) -> None:

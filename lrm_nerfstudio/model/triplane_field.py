@@ -60,6 +60,22 @@ class TriplaneFieldConfig(InstantiateConfig):
     """trunc_exp (as TripoSR/OpenLRM) reaches large densities quickly for sharp surfaces; softplus is gentler."""
     density_bias: float = -1.0
     """Added to the raw density before the activation: a negative bias starts training with a mostly empty box."""
+    activation: Literal["silu", "relu"] = "silu"
+    """Activation of the MLP's hidden layers (TripoSR: SiLU; OpenLRM: ReLU)."""
+    color_activation: Literal["sigmoid", "widened_sigmoid"] = "sigmoid"
+    """sigmoid, or MipNeRF's widened sigmoid `sigmoid(x) * 1.002 - 0.001` (OpenLRM)."""
+    plane_axes: tuple[tuple[int, int], tuple[int, int], tuple[int, int]] = PLANE_AXES
+    """(width, height) axes, in the triplane's own frame, of each plane (`sample_triplanes`); OpenLRM's third
+    plane is (z, y): ((0, 1), (0, 2), (2, 1))."""
+    box_radius: float = 1.0
+    """Half-side of the cube the triplane spans, in the triplane's own frame (TripoSR: 0.87). Density is zero
+    outside it."""
+    frame_axes: tuple[int, int, int] = (0, 1, 2)
+    """Triplane-frame coordinate i is `frame_signs[i] * p[frame_axes[i]]` of a project-frame point p (+Z up, the
+    canonical source camera on -Y). TripoSR's frame: (1, 0, 2) with signs (-1, 1, 1), i.e. its point (x, y, z) is
+    the project's (y, -x, z)."""
+    frame_signs: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    """Signs of the frame mapping (see `frame_axes`)."""
     normals_create_graph: bool = False
     """Keep the graph of the normals so that a loss on them reaches the weights (only needed for a normal loss)."""
 
@@ -78,15 +94,25 @@ class TriplaneField(Field):
         self.config = config
         in_dim = config.triplane_dim * (3 if config.aggregation == "concat" else 1)
         layers: list[nn.Module] = []
+        act = nn.SiLU if config.activation == "silu" else nn.ReLU
         for i in range(config.num_hidden_layers):
-            # SiLU rather than ReLU: a smooth MLP gives smooth density gradients, hence usable normals.
-            layers += [nn.Linear(in_dim if i == 0 else config.hidden_dim, config.hidden_dim), nn.SiLU()]
+            # SiLU by default rather than ReLU: a smooth MLP gives smooth density gradients, hence usable normals.
+            layers += [nn.Linear(in_dim if i == 0 else config.hidden_dim, config.hidden_dim), act()]
         layers.append(nn.Linear(config.hidden_dim if config.num_hidden_layers > 0 else in_dim, 4))
         self.mlp = nn.Sequential(*layers)
 
     # --- building blocks -------------------------------------------------------------------------------------
+    def to_plane_coordinates(self, points: Float[Tensor, "B P 3"]) -> Float[Tensor, "B P 3"]:
+        """Project-frame points -> the triplane's frame, scaled so that its box is [-1, 1]^3."""
+        c = self.config
+        if c.frame_axes != (0, 1, 2):
+            points = points[..., list(c.frame_axes)]
+        if c.frame_signs != (1.0, 1.0, 1.0):
+            points = points * points.new_tensor(c.frame_signs)
+        return points / c.box_radius if c.box_radius != 1.0 else points
+
     def _features(self, points: Float[Tensor, "B P 3"], triplanes: Float[Tensor, "B 3 C R R"]) -> Tensor:
-        feats = sample_triplanes(points, triplanes)
+        feats = sample_triplanes(points, triplanes, plane_axes=self.config.plane_axes)
         if self.config.aggregation == "concat":
             return feats.flatten(-2)
         return feats.sum(dim=-2)
@@ -95,9 +121,13 @@ class TriplaneField(Field):
         self, points: Float[Tensor, "B P 3"], triplanes: Float[Tensor, "B 3 C R R"]
     ) -> tuple[Float[Tensor, "B P 1"], Float[Tensor, "B P 3"], Bool[Tensor, "B P 1"]]:
         """Raw density (before bias/activation), RGB, and the inside-the-box mask."""
+        points = self.to_plane_coordinates(points)
         raw = self.mlp(self._features(points, triplanes))
         inside = (points.abs() <= 1.0).all(dim=-1, keepdim=True)
-        return raw[..., :1], torch.sigmoid(raw[..., 1:]), inside
+        rgb = torch.sigmoid(raw[..., 1:])
+        if self.config.color_activation == "widened_sigmoid":
+            rgb = rgb * (1 + 2 * 0.001) - 0.001
+        return raw[..., :1], rgb, inside
 
     def _activate(self, raw_density: Tensor, inside: Tensor) -> Tensor:
         x = raw_density + self.config.density_bias
@@ -155,7 +185,7 @@ class TriplaneField(Field):
         """Density, RGB (and normals) of ray samples.
 
         Args:
-            ray_samples: samples of N rays, S per ray, in the [-1, 1]^3 scene box.
+            ray_samples: samples of N rays, S per ray, in the project's frame (the [-1, 1]^3 scene box).
             triplanes: one triplane per object.
             object_index: which triplane each ray uses; None means all rays use object 0.
             compute_normals: also return `FieldHeadNames.NORMALS`, the normalised negative density gradient. It

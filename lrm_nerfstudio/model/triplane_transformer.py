@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,27 @@ class TriplaneTransformerConfig(InstantiateConfig):
     """Width D_mod of the camera embedding."""
     eps: float = 1e-6
     """LayerNorm epsilon."""
+    block_style: Literal["lrm", "triposr"] = "lrm"
+    """lrm (LRM paper, OpenLRM): camera-modulated LayerNorms (adaLN), cross-attention -> self-attention -> GELU
+    MLP, a final LayerNorm. triposr (TripoSR's Transformer1D): no camera; GroupNorm + linear in, then per layer
+    affine LayerNorms with self-attention -> cross-attention -> GEGLU MLP, then a linear out plus the input
+    tokens as a residual."""
+    qkv_bias: bool = True
+    """Biases on the attention query/key/value projections (OpenLRM and TripoSR: none)."""
+    out_bias: bool = True
+    """Bias on the attention output projections (OpenLRM: none; TripoSR: yes)."""
+    modln_affine: bool = False
+    """Give the modulated LayerNorms their own affine weight and bias under the modulation (OpenLRM)."""
+    group_norm_groups: int = 32
+    """Groups of the input GroupNorm (block_style triposr)."""
+    group_norm_eps: float = 1e-6
+    """Epsilon of the input GroupNorm (block_style triposr)."""
+
+    @property
+    def uses_camera(self) -> bool:
+        """Whether the decoder is conditioned on the source camera (TripoSR's is not)."""
+        return self.block_style == "lrm"
+
     image_lift: bool = False
     """Start the triplane tokens from the image as well as from the position tokens: the patch tokens, projected
     to D, are resampled onto the XZ plane (the plane the canonical source camera faces) and averaged along the
@@ -49,9 +71,9 @@ class TriplaneTransformerConfig(InstantiateConfig):
 class ModLN(nn.Module):
     """LayerNorm without affine, modulated by a conditioning vector: `norm(x) * (1 + scale) + shift` (DiT adaLN)."""
 
-    def __init__(self, dim: int, mod_dim: int, eps: float) -> None:
+    def __init__(self, dim: int, mod_dim: int, eps: float, affine: bool = False) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(dim, eps=eps, elementwise_affine=False)
+        self.norm = nn.LayerNorm(dim, eps=eps, elementwise_affine=affine)
         self.mod = nn.Sequential(nn.SiLU(), nn.Linear(mod_dim, 2 * dim))
         # Zero init: training starts as a plain LayerNorm and the camera's influence is learnt.
         nn.init.zeros_(self.mod[1].weight)
@@ -62,25 +84,53 @@ class ModLN(nn.Module):
         return self.norm(x) * (1 + scale) + shift
 
 
-class TriplaneTransformerLayer(nn.Module):
-    """One decoder layer: modLN -> cross-attention -> modLN -> self-attention -> modLN -> MLP, each residual."""
+class GEGLU(nn.Module):
+    """GEGLU feed-forward (Shazeer 2020) as in TripoSR: `out(a * gelu(g))` with `[a | g] = proj(x)`."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, cond_dim: int, mod_dim: int, eps: float) -> None:
+    def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
+        self.proj = nn.Linear(dim, 2 * hidden)
+        self.out = nn.Linear(hidden, dim)
+
+    def forward(self, x: Float[Tensor, "B L D"]) -> Float[Tensor, "B L D"]:
+        a, gate = self.proj(x).chunk(2, dim=-1)
+        return self.out(a * F.gelu(gate))
+
+
+class TriplaneTransformerLayer(nn.Module):
+    """One decoder layer, each sub-block pre-normed and residual.
+
+    lrm style: modLN -> cross-attention -> modLN -> self-attention -> modLN -> GELU MLP.
+    triposr style: LayerNorm -> self-attention -> LayerNorm -> cross-attention -> LayerNorm -> GEGLU MLP.
+    """
+
+    def __init__(self, config: TriplaneTransformerConfig) -> None:
+        super().__init__()
+        c = config
+        dim, num_heads, cond_dim = c.inner_dim, c.num_heads, c.cond_dim
         if dim % num_heads != 0:
             raise ValueError(f"inner_dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
-        self.norm_cross = ModLN(dim, mod_dim, eps)
-        self.cross_q = nn.Linear(dim, dim)
+        self.style = c.block_style
+        hidden = round(dim * c.mlp_ratio)
+        lrm = self.style == "lrm"
+
+        def norm() -> nn.Module:
+            return ModLN(dim, c.mod_dim, c.eps, c.modln_affine) if lrm else nn.LayerNorm(dim, eps=c.eps)
+
+        # Registered in the lrm order (cross, self, MLP) so that a seed gives the same init as before styles.
+        self.norm_cross = norm()
+        self.cross_q = nn.Linear(dim, dim, bias=c.qkv_bias)
         # Keys and values of the image tokens in one matmul (one GEMM of twice the width runs closer to peak).
-        self.cross_kv = nn.Linear(cond_dim, 2 * dim)
-        self.cross_out = nn.Linear(dim, dim)
-        self.norm_self = ModLN(dim, mod_dim, eps)
-        self.self_qkv = nn.Linear(dim, 3 * dim)
-        self.self_out = nn.Linear(dim, dim)
-        self.norm_mlp = ModLN(dim, mod_dim, eps)
-        hidden = round(dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.cross_kv = nn.Linear(cond_dim, 2 * dim, bias=c.qkv_bias)
+        self.cross_out = nn.Linear(dim, dim, bias=c.out_bias)
+        self.norm_self = norm()
+        self.self_qkv = nn.Linear(dim, 3 * dim, bias=c.qkv_bias)
+        self.self_out = nn.Linear(dim, dim, bias=c.out_bias)
+        self.norm_mlp = norm()
+        self.mlp: nn.Module = (
+            nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)) if lrm else GEGLU(dim, hidden)
+        )
 
     def _heads(self, x: Tensor) -> Tensor:
         b, length, d = x.shape
@@ -90,19 +140,30 @@ class TriplaneTransformerLayer(nn.Module):
         b, h, length, dh = x.shape
         return x.transpose(1, 2).reshape(b, length, h * dh)
 
-    def forward(
-        self, x: Float[Tensor, "B L D"], cond: Float[Tensor, "B T D_enc"], mod: Float[Tensor, "B D_mod"]
-    ) -> Float[Tensor, "B L D"]:
-        h = self.norm_cross(x, mod)
+    def _norm(self, norm: nn.Module, x: Tensor, mod: Tensor | None) -> Tensor:
+        return norm(x, mod) if isinstance(norm, ModLN) else norm(x)
+
+    def _cross(self, h: Tensor, cond: Tensor) -> Tensor:
         q = self._heads(self.cross_q(h))
         k, v = (self._heads(t) for t in self.cross_kv(cond).chunk(2, dim=-1))
-        x = x + self.cross_out(self._merge(F.scaled_dot_product_attention(q, k, v)))
+        return self.cross_out(self._merge(F.scaled_dot_product_attention(q, k, v)))
 
-        h = self.norm_self(x, mod)
+    def _self(self, h: Tensor) -> Tensor:
         q, k, v = (self._heads(t) for t in self.self_qkv(h).chunk(3, dim=-1))
-        x = x + self.self_out(self._merge(F.scaled_dot_product_attention(q, k, v)))
+        return self.self_out(self._merge(F.scaled_dot_product_attention(q, k, v)))
 
-        return x + self.mlp(self.norm_mlp(x, mod))
+    def forward(
+        self, x: Float[Tensor, "B L D"], cond: Float[Tensor, "B T D_enc"], mod: Float[Tensor, "B D_mod"] | None
+    ) -> Float[Tensor, "B L D"]:
+        if self.style == "lrm":
+            if mod is None:
+                raise ValueError("a camera-modulated (lrm style) decoder layer needs the camera embedding")
+            x = x + self._cross(self._norm(self.norm_cross, x, mod), cond)
+            x = x + self._self(self._norm(self.norm_self, x, mod))
+        else:
+            x = x + self._self(self.norm_self(x))
+            x = x + self._cross(self.norm_cross(x), cond)
+        return x + self.mlp(self._norm(self.norm_mlp, x, mod))
 
 
 class TriplaneTransformer(nn.Module):
@@ -122,11 +183,16 @@ class TriplaneTransformer(nn.Module):
         """Channels D of the output planes."""
         # Small random init as in ViT position embeddings; the tokens are the only thing telling texels apart.
         self.pos_embed = nn.Parameter(torch.randn(3, n, n, d) * (1.0 / math.sqrt(d)))
-        self.layers = nn.ModuleList(
-            TriplaneTransformerLayer(d, config.num_heads, config.mlp_ratio, config.cond_dim, config.mod_dim, config.eps)
-            for _ in range(config.num_layers)
-        )
-        self.norm = nn.LayerNorm(d, eps=config.eps)
+        self.layers = nn.ModuleList(TriplaneTransformerLayer(config) for _ in range(config.num_layers))
+        if config.block_style == "triposr":
+            if d % config.group_norm_groups != 0:
+                raise ValueError(f"inner_dim {d} is not divisible by group_norm_groups {config.group_norm_groups}")
+            self.in_norm = nn.GroupNorm(config.group_norm_groups, d, eps=config.group_norm_eps)
+            self.proj_in = nn.Linear(d, d)
+            self.proj_out = nn.Linear(d, d)
+            self.norm = None
+        else:
+            self.norm = nn.LayerNorm(d, eps=config.eps)
         self.lift = nn.Linear(config.cond_dim, d) if config.image_lift else None
 
     def lift_image(self, image_tokens: Float[Tensor, "B T D_enc"]) -> Float[Tensor, "B 3 n n D"]:
@@ -154,17 +220,27 @@ class TriplaneTransformer(nn.Module):
         return torch.stack([xy, xz, yz], dim=1).permute(0, 1, 3, 4, 2)
 
     def forward(
-        self, image_tokens: Float[Tensor, "B T D_enc"], camera_embedding: Float[Tensor, "B D_mod"]
+        self, image_tokens: Float[Tensor, "B T D_enc"], camera_embedding: Float[Tensor, "B D_mod"] | None = None
     ) -> Float[Tensor, "B 3 D n n"]:
-        """Decode image tokens into token planes, ordered XY, XZ, YZ (plane index first, then rows, then columns)."""
+        """Decode image tokens into token planes (plane index first, then rows, then columns).
+
+        `camera_embedding` is required by the lrm style and ignored by the triposr style.
+        """
         b = image_tokens.shape[0]
         n, d = self.config.triplane_low_res, self.config.inner_dim
         x = self.pos_embed.reshape(1, 3 * n * n, d).expand(b, -1, -1)
         if self.lift is not None:
             x = x + self.lift_image(image_tokens).reshape(b, 3 * n * n, d)
-        for layer in self.layers:
-            x = layer(x, image_tokens, camera_embedding)
-        x = self.norm(x)
+        if self.norm is None:  # triposr style: the stack is a residual around the normed, projected tokens
+            residual = x
+            x = self.proj_in(self.in_norm(x.transpose(1, 2)).transpose(1, 2))
+            for layer in self.layers:
+                x = layer(x, image_tokens, None)
+            x = self.proj_out(x) + residual
+        else:
+            for layer in self.layers:
+                x = layer(x, image_tokens, camera_embedding)
+            x = self.norm(x)
         return x.view(b, 3, n, n, d).permute(0, 1, 4, 2, 3).contiguous()
 
     def matmul_flops(self, batch: int, num_image_tokens: int) -> int:
@@ -180,7 +256,8 @@ class TriplaneTransformer(nn.Module):
             + length * d * 3 * d  # self qkv
             + 2 * length * length * d  # self QK^T and AV
             + length * d * d  # self out
-            + 2 * length * d * hidden  # MLP
-            + 3 * c.mod_dim * 2 * d  # modulation linears (tiny)
+            + (3 if c.block_style == "triposr" else 2) * length * d * hidden  # MLP (GEGLU: a double-width input)
+            + (3 * c.mod_dim * 2 * d if c.uses_camera else 0)  # modulation linears (tiny)
         )
-        return 2 * batch * c.num_layers * per_layer
+        extra = 2 * length * d * d if c.block_style == "triposr" else 0  # proj_in, proj_out
+        return 2 * batch * (c.num_layers * per_layer + extra)

@@ -50,7 +50,6 @@ from lrm_nerfstudio.scripts.export_weights import (
     MODEL_PREFIX,
     ModelLoadError,
     find_checkpoint,
-    load_weights,
     model_state_from_checkpoint,
     read_trainer_config,
 )
@@ -111,7 +110,9 @@ def load_model(
     if weights is None and Path(load_config).suffix == ".safetensors":  # type: ignore[arg-type]
         load_config, weights = None, load_config
     if weights is not None:
-        config, state, step = load_weights(Path(weights))
+        from lrm_nerfstudio.pretrained import load_pretrained  # a weights file, or a released TripoSR/OpenLRM folder
+
+        config, state, step = load_pretrained(Path(weights))
         return LoadedModel(config, build_model(config, state, device, str(weights)), step, None, Path(weights))
     assert load_config is not None
     config = read_trainer_config(Path(load_config))
@@ -176,7 +177,7 @@ def encode_decode(
         with _stage(timings, "encode", device):
             tokens = model.encoder(image)
         with _stage(timings, "decode", device):
-            planes = model.upsampler(model.transformer(tokens, model.camera_embedder(camera)))
+            planes = model.upsampler(model.transformer(tokens, model.embed_camera(camera)))
     return planes.float()
 
 
@@ -357,8 +358,9 @@ def reconstruct_file(
             path,
             size=dm.source_resolution,
             foreground_ratio=foreground_ratio,
-            background_color=background_of(loaded.config),
+            background_color=dm.source_background or background_of(loaded.config),
             max_pixels=max_pixels,
+            resize=dm.source_resize,
         )
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)

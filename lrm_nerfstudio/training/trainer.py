@@ -13,6 +13,9 @@ from dataclasses import dataclass, field, replace
 
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.utils import comms
+from nerfstudio.utils.rich_utils import CONSOLE
+
+from lrm_nerfstudio.scripts.export_weights import ModelLoadError
 
 _NO_VIEWER = {"viewer": "tensorboard", "viewer_legacy": "tensorboard", "viewer+wandb": "wandb",
               "viewer+tensorboard": "tensorboard", "viewer+comet": "comet"}  # fmt: skip
@@ -35,6 +38,22 @@ class LRMTrainer(Trainer):
         if not comms.is_main_process() and config.vis in _NO_VIEWER:
             config = replace(config, vis=_NO_VIEWER[config.vis])  # type: ignore[arg-type]
         super().__init__(config, local_rank=local_rank, world_size=world_size)
+
+    def _load_checkpoint(self) -> None:
+        super()._load_checkpoint()
+        init_from = getattr(self.pipeline.model.config, "init_from", None)
+        if init_from is None or self.config.load_dir is not None or self.config.load_checkpoint is not None:
+            return
+        from lrm_nerfstudio.pretrained import load_pretrained
+
+        _, state, _ = load_pretrained(init_from)
+        model = self.pipeline.model
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            raise ModelLoadError(f"{init_from}: the weights do not fit the model ({err})") from err
+        model.refresh_display()
+        CONSOLE.print(f"Initialised the model from {init_from} ({len(state)} tensors)", soft_wrap=True)
 
     def eval_iteration(self, step: int) -> None:
         if comms.is_main_process():
