@@ -45,7 +45,7 @@ def test_import_round_trip_through_weights_file(family, folder, tmp_path, capsys
     assert main(ImportWeightsConfig(family, folder, output=out)) == 0
     printed = capsys.readouterr().out
     assert ("CC BY-NC 4.0" in printed) == (family == "openlrm")
-    config, state, step = load_weights(out)
+    config, _, step = load_weights(out)
     assert config.method_name == f"lrm-{family}" and step == 0
     from_file, from_folder = from_pretrained(out, device="cpu"), from_pretrained(folder, device="cpu")
     assert not from_file.training
