@@ -10,6 +10,11 @@ RSS, `getrusage(RUSAGE_SELF).ru_maxrss`, only grows within a process).
     uv run python scripts/benchmark.py                       # lrm-tiny and lrm, all sections (minutes on 2 cores)
     uv run python scripts/benchmark.py --methods lrm-tiny    # the CPU-sized method only
     uv run python scripts/benchmark.py --quick               # tiny sizes, < 1 min (what the test runs)
+    uv run python scripts/benchmark.py --methods --imported triposr openlrm-small   # released architectures only
+
+`--imported` adds the released TripoSR / OpenLRM v1.1 architectures at their released sizes (random weights unless
+`--triposr-dir` / `--openlrm-dir` give released folders): image -> triplane, render rays/s at each original's own
+samples per ray (TripoSR 128 midpoints; OpenLRM 48+48 or 64+64), and marching cubes of the density grid.
 """
 
 from __future__ import annotations
@@ -428,6 +433,101 @@ def memory_section(args, device: str, data: Path) -> dict[str, Any]:
     }
 
 
+# --------------------------------------------------------------------------------------------------- imported
+IMPORTED = ("triposr", "openlrm-small", "openlrm-base", "openlrm-large")
+
+
+def imported_model(family: str, args, device: str):
+    """(model, source resolution, weights origin) of a released architecture: its folder's weights when given."""
+    from lrm_nerfstudio.convert import openlrm, triposr
+    from lrm_nerfstudio.convert.load import trainer_config
+    from lrm_nerfstudio.pretrained import load_pretrained
+    from lrm_nerfstudio.scripts.reconstruct import build_model as build_loaded
+
+    folder = args.triposr_dir if family == "triposr" else args.openlrm_dir
+    if folder is not None and (family == "triposr" or openlrm.model_size(openlrm.read_config(folder)) in family):
+        config, state, _ = load_pretrained(folder)
+        return (
+            build_loaded(config, state, device, str(folder)),
+            config.pipeline.datamanager.source_resolution,
+            str(folder),
+        )
+    if family == "triposr":
+        config = trainer_config("triposr", {**triposr.RELEASED_CONFIG, "dino": triposr.DINO_VITB16}, family)
+    else:
+        source = dict(openlrm.RELEASED_CONFIGS[family.split("-")[1]])
+        source["encoder"] = {**openlrm.ENCODER_DEFAULTS, **openlrm.ENCODERS[source["encoder_model_name"]]}
+        config = trainer_config("openlrm", source, family)
+    torch.manual_seed(0)
+    return build_model(config, device), config.pipeline.datamanager.source_resolution, "random"
+
+
+def benchmark_imported(family: str, args, device: str) -> dict[str, Any]:
+    """Image -> triplane, render rays/s and marching cubes of one released architecture."""
+    from lrm_nerfstudio.cameras import canonical_source_camera
+    from lrm_nerfstudio.mesh.marching_cubes import NoSurfaceError, extract_mesh
+
+    log(f"{family}: building (released size)")
+    model, size, origin = imported_model(family, args, device)
+    repeats = 1 if args.quick else args.repeats
+    images = torch.rand(1, 3, size, size, device=device)
+    cameras = canonical_source_camera()[None].to(device)
+    log(f"{family}: image -> triplane at {size} px")
+    with torch.no_grad():
+        times = timed(lambda: model.predict_triplanes(images, cameras), device, repeats)
+        triplanes = model.predict_triplanes(images, cameras)
+    out: dict[str, Any] = {
+        "weights": origin,
+        "params": sum(t.numel() for t in model.parameters()),
+        "image_to_triplane": {"image_size": size, "triplane_shape": list(triplanes.shape), **summary(times)},
+    }
+    log(f"{family}: render")
+    render = measure_render_with(model, triplanes, device, args.imported_rays, repeats)
+    out["render"] = render
+    res = args.imported_mc_resolution
+    log(f"{family}: marching cubes at {res}^3")
+
+    def density(points: torch.Tensor) -> torch.Tensor:
+        return model.field.density_at(points[None], triplanes)[0, :, 0]
+
+    start = time.perf_counter()
+    try:
+        with torch.no_grad():
+            mesh = extract_mesh(density, resolution=res, chunk_size=2**18, device=device)
+        out["marching_cubes"] = {"resolution": res, "vertices": len(mesh.vertices)}
+    except NoSurfaceError as err:  # random weights can give a field without a surface at the adaptive level
+        out["marching_cubes"] = {"resolution": res, "vertices": 0, "note": str(err)}
+    sync(device)
+    out["marching_cubes"]["seconds"] = time.perf_counter() - start
+    return out
+
+
+def measure_render_with(model, triplanes, device: str, num_rays: int, repeats: int) -> dict[str, Any]:
+    """Rays/s of rays from around the canonical camera through `triplanes`, at the model's own samples per ray."""
+    from nerfstudio.cameras.rays import RayBundle
+
+    config = model.config
+    g = torch.Generator().manual_seed(0)
+    origins = torch.tensor([0.0, -2.0, 0.0]) + 0.2 * torch.randn(num_rays, 3, generator=g)
+    directions = torch.nn.functional.normalize(-origins + 0.3 * torch.randn(num_rays, 3, generator=g), dim=-1)
+    bundle = RayBundle(origins=origins, directions=directions, pixel_area=torch.ones(num_rays, 1)).to(device)
+    with torch.no_grad():
+        times = timed(lambda: model.render_triplanes(bundle, triplanes), device, repeats)
+    if config.sampler == "midpoint":
+        samples, evaluations = config.num_coarse_samples, config.num_coarse_samples
+    else:
+        samples = config.num_coarse_samples + config.num_importance_samples
+        evaluations = config.num_coarse_samples + samples
+    return {
+        "rays": num_rays,
+        "sampler": config.sampler,
+        "samples_per_ray": samples,
+        "field_evaluations_per_ray": evaluations,
+        **summary(times),
+        "rays_per_s": num_rays / statistics.median(times),
+    }
+
+
 def main(args) -> dict[str, Any]:
     device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
@@ -442,11 +542,15 @@ def main(args) -> dict[str, Any]:
     log("fp32 matmul peak")
     peak = matmul_peak_gflops(device, size, 2 if args.quick else 5)
     report["fp32_matmul_peak"] = {"matmul": f"{size}^3 fp32, best of runs, at start and end; gflops = the better"}
+    if args.imported:
+        report["imported"] = {f: benchmark_imported(f, args, device) for f in args.imported}
     with tempfile.TemporaryDirectory(prefix="lrm-bench-") as tmp:
-        log("generating a small dataset")
-        data = generate_dataset(Path(tmp) / "ds", args.quick)
-        report["methods"] = {m: benchmark_method(m, args, device, data, peak) for m in args.methods}
-        if not args.skip_memory:
+        report["methods"] = {}
+        if args.methods:
+            log("generating a small dataset")
+            data = generate_dataset(Path(tmp) / "ds", args.quick)
+            report["methods"] = {m: benchmark_method(m, args, device, data, peak) for m in args.methods}
+        if args.methods and not args.skip_memory:
             report["memory"] = memory_section(args, device, data)
     # the peak again at the end: on a shared machine the better of the two is the fairer denominator
     peak_end = matmul_peak_gflops(device, size, 2 if args.quick else 5)
@@ -464,8 +568,13 @@ def main(args) -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=None, help="methods (default: both; "
-                        "--quick: lrm-tiny)")  # fmt: skip
+    parser.add_argument("--methods", nargs="*", choices=METHODS, default=None, help="methods (default: both; "
+                        "--quick: lrm-tiny; none: only --imported)")  # fmt: skip
+    parser.add_argument("--imported", nargs="*", choices=IMPORTED, default=[], help="released architectures")
+    parser.add_argument("--triposr-dir", type=Path, default=None, help="released TripoSR folder (else random)")
+    parser.add_argument("--openlrm-dir", type=Path, default=None, help="released OpenLRM folder (else random)")
+    parser.add_argument("--imported-rays", type=int, default=4096, help="rays per render measurement")
+    parser.add_argument("--imported-mc-resolution", type=int, default=256, help="marching-cubes lattice side")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one run each (< 1 min; for tests)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch intra-op threads")
