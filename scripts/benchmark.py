@@ -516,7 +516,7 @@ def measure_render_with(model, triplanes, device: str, num_rays: int, repeats: i
     if config.sampler == "midpoint":
         samples, evaluations = config.num_coarse_samples, config.num_coarse_samples
     else:
-        samples = config.num_coarse_samples + config.num_importance_samples
+        samples = config.num_coarse_samples + config.num_importance_samples + 1  # PDF sampler: one bin more
         evaluations = config.num_coarse_samples + samples
     return {
         "rays": num_rays,

@@ -29,3 +29,12 @@ def test_ns_train_help_lists_lrm():
     out = subprocess.run([str(ns_train), "--help"], check=False, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "lrm-tiny" in out.stdout and "lrm " in out.stdout.replace("\n", " ")
+
+
+def test_released_architecture_methods_are_registered():
+    methods, _ = discover_methods()
+    triposr, openlrm = methods["lrm-triposr"].pipeline, methods["lrm-openlrm"].pipeline
+    assert triposr.model.transformer.block_style == "triposr" and triposr.model.sampler == "midpoint"
+    assert triposr.datamanager.source_resolution == 512 and triposr.datamanager.source_background == (0.5, 0.5, 0.5)
+    assert openlrm.model.transformer.modln_affine and openlrm.model.field.plane_axes == ((0, 1), (0, 2), (2, 1))
+    assert openlrm.datamanager.source_resize == "bicubic_align_corners"

@@ -11,7 +11,8 @@ OpenLRM's modules map onto the project's parts as configuration (lrm_nerfstudio/
 - `upsampler` -> `upsampler`; `synthesizer.decoder` (OSGDecoder) -> `field.mlp` (ReLU, widened sigmoid, softplus,
   third plane (z, y)).
 - The renderer is reimplemented from the math (OpenLRM's renderer files are under NVIDIA's non-commercial EG3D
-  licence): stratified + importance samples, `rendering_samples_per_ray / 2` each.
+  licence): stratified + importance samples, `rendering_samples_per_ray / 2` each, composited per interval
+  (`compositing="interval"`: softplus of the mean raw density of its end points, their mean colour).
 OpenLRM's canonical source camera is the project's (on -Y at distance 2, focal 0.75), so points map unchanged.
 Licence: OpenLRM's released weights are CC BY-NC 4.0 (non-commercial).
 """
@@ -145,8 +146,11 @@ def model_config(config: dict[str, Any], name: str = CONFIG_FILE) -> LRMModelCon
             box_radius=1.0,
         ),
         sampler="pdf",
+        compositing="interval",
         num_coarse_samples=samples // 2,
-        num_importance_samples=samples - samples // 2,
+        # nerfstudio's PDF sampler keeps the coarse bins' edges and adds num_importance + 1 new ones: S_c + S_i + 1
+        # samples in all, so this gives OpenLRM's rendering_samples_per_ray
+        num_importance_samples=samples - samples // 2 - 1,
     )
 
 

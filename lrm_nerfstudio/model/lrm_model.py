@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from nerfstudio.cameras.cameras import Cameras
-from nerfstudio.cameras.rays import RayBundle
+from nerfstudio.cameras.rays import RayBundle, RaySamples
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.model_components.ray_samplers import PDFSampler, UniformSampler
@@ -40,6 +40,7 @@ ARCHITECTURE_FIELDS = (
     "upsampler",
     "field",
     "sampler",
+    "compositing",
     "num_coarse_samples",
     "num_importance_samples",
 )
@@ -66,6 +67,9 @@ class LRMModelConfig(ModelConfig):
     midpoint (TripoSR): `num_coarse_samples` midpoints of equal intervals between the ray's entry into and exit
     from the field's box, composited with alpha = 1 - exp(-density / num_coarse_samples) (TripoSR's interval is 1/N
     of the ray's chord, not a world distance)."""
+    compositing: Literal["sample", "interval"] = "sample"
+    """sample: each sample's density and colour over its own bin (nerfstudio). interval (OpenLRM, sampler pdf):
+    the samples bound intervals, each with the mean of its end points' raw density and colour."""
     num_coarse_samples: int = 64
     """Uniform samples per ray inside the scene box."""
     num_importance_samples: int = 64
@@ -216,10 +220,18 @@ class LRMModel(Model):
             coarse = self.field(ray_samples_uniform, triplanes, object_index)
             weights_coarse = ray_samples_uniform.get_weights(coarse[FieldHeadNames.DENSITY])
         ray_samples = self.sampler_pdf(ray_bundle, ray_samples_uniform, weights_coarse.detach())
-        fine = self.field(ray_samples, triplanes, object_index, compute_normals=compute_normals)
-        weights = ray_samples.get_weights(fine[FieldHeadNames.DENSITY])
+        normals = None
+        if self.config.compositing == "interval":
+            ray_samples, density, rgb = self._interval_composite(ray_bundle, ray_samples, triplanes, object_index)
+            if compute_normals:
+                normals = self.field(ray_samples, triplanes, object_index, compute_normals=True)[FieldHeadNames.NORMALS]
+        else:
+            fine = self.field(ray_samples, triplanes, object_index, compute_normals=compute_normals)
+            density, rgb = fine[FieldHeadNames.DENSITY], fine[FieldHeadNames.RGB]
+            normals = fine.get(FieldHeadNames.NORMALS)
+        weights = ray_samples.get_weights(density)
 
-        rgb_premultiplied = self.renderer_rgb(rgb=fine[FieldHeadNames.RGB], weights=weights)
+        rgb_premultiplied = self.renderer_rgb(rgb=rgb, weights=weights)
         accumulation = self.renderer_accumulation(weights=weights)
         background = metadata.get("background_color")
         if background is None:
@@ -235,10 +247,26 @@ class LRMModel(Model):
         }
         if "directions_norm" in metadata:  # |camera-space direction| at z = -1: turns ray distance into z-depth
             outputs["directions_norm"] = metadata["directions_norm"]
-        if compute_normals:
-            normals = self.renderer_normals(normals=fine[FieldHeadNames.NORMALS], weights=weights)
+        if normals is not None:
+            normals = self.renderer_normals(normals=normals, weights=weights)
             outputs["normals"] = (normals + 1.0) / 2.0  # nerfstudio's exporters expect normals in [0, 1]
         return outputs
+
+    def _interval_composite(
+        self,
+        ray_bundle: RayBundle,
+        ray_samples: RaySamples,
+        triplanes: Float[Tensor, "B 3 C R R"],
+        object_index: Int[Tensor, "N 1"],
+    ) -> tuple[RaySamples, Float[Tensor, "N S1 1"], Float[Tensor, "N S1 3"]]:
+        """OpenLRM's compositing (its MipRayMarcher, rewritten from the maths): the S sample points bound S - 1
+        intervals; each gets the mean of its two end points' raw density (activated after averaging) and colour,
+        and its world length as delta."""
+        depths = (ray_samples.frustums.starts + ray_samples.frustums.ends) / 2  # [N, S, 1]
+        raw, rgb, inside = self.field.decode_samples(ray_samples.frustums.get_positions(), triplanes, object_index)
+        density = self.field.activate_density((raw[:, 1:] + raw[:, :-1]) / 2, inside[:, 1:] & inside[:, :-1])
+        intervals = ray_bundle.get_ray_samples(bin_starts=depths[:, :-1], bin_ends=depths[:, 1:])
+        return intervals, density, (rgb[:, 1:] + rgb[:, :-1]) / 2
 
     def _render_midpoints(
         self, ray_bundle: RayBundle, triplanes: Float[Tensor, "B 3 C R R"], compute_normals: bool

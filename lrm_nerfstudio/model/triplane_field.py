@@ -215,6 +215,19 @@ class TriplaneField(Field):
             density, rgb = density.detach(), rgb.detach()
         return {FieldHeadNames.DENSITY: density, FieldHeadNames.RGB: rgb, FieldHeadNames.NORMALS: normals}
 
+    def decode_samples(
+        self,
+        positions: Float[Tensor, "N S 3"],
+        triplanes: Float[Tensor, "B 3 C R R"],
+        object_index: Int[Tensor, "N 1"] | None = None,
+    ) -> tuple[Float[Tensor, "N S 1"], Float[Tensor, "N S 3"], Bool[Tensor, "N S 1"]]:
+        """Raw density (before bias and activation), RGB and the inside-the-box mask of ray sample positions."""
+        return self._decode_rays(positions, triplanes, object_index)  # type: ignore[return-value]
+
+    def activate_density(self, raw: Float[Tensor, "*bs 1"], inside: Bool[Tensor, "*bs 1"]) -> Float[Tensor, "*bs 1"]:
+        """Density from raw values: bias, activation, zero outside the box."""
+        return self._activate(raw, inside)
+
     def rgb_density_at(
         self, points: Float[Tensor, "B P 3"], triplanes: Float[Tensor, "B 3 C R R"]
     ) -> tuple[Float[Tensor, "B P 3"], Float[Tensor, "B P 1"]]:
