@@ -322,6 +322,7 @@ class _SparseLattice:
         self.itype = np.int32 if max((n + 1) ** 3, tiles**3 * block**3) < 2**31 else np.int64
         self.tile_of = np.zeros((tiles,) * 3, self.itype)  # 0: the all-NaN tile (nothing queried there yet)
         self.pool = np.full(block**3, np.nan, np.float32)  # tiles, flattened
+        self.tiles = 1
         self.queried = 0
 
     def key(self, idx: np.ndarray) -> np.ndarray:
@@ -352,9 +353,23 @@ class _SparseLattice:
         new_tiles = tiles[self.tile_of[tiles[:, 0], tiles[:, 1], tiles[:, 2]] == 0]
         if len(new_tiles):
             t = _unique_cells(new_tiles, self.n)
-            first = len(self.pool) // self.block**3
-            self.tile_of[t[:, 0], t[:, 1], t[:, 2]] = first + np.arange(len(t), dtype=self.itype)
-            self.pool = np.concatenate([self.pool, np.full(len(t) * self.block**3, np.nan, np.float32)])
+            self.tile_of[t[:, 0], t[:, 1], t[:, 2]] = self.tiles + np.arange(len(t), dtype=self.itype)
+            self.tiles += len(t)
+            if self.tiles * self.block**3 > len(self.pool):  # grow by doubling: amortised, not a copy per call
+                grown = np.full(max(2 * len(self.pool), self.tiles * self.block**3), np.nan, np.float32)
+                grown[: len(self.pool)] = self.pool
+                self.pool = grown
+        if len(new_tiles):  # coarse lattice points of the new tiles: copied, not queried again
+            ids = self.tile_of[t[:, 0], t[:, 1], t[:, 2]][:, None, None, None]
+            k = np.arange(0, self.block, self.stride)
+            pool = self.pool[: self.tiles * self.block**3].reshape(-1, self.block, self.block, self.block)
+            pool[ids, k[:, None, None], k[None, :, None], k[None, None, :]] = self._coarse_tiles[
+                t[:, 0], t[:, 1], t[:, 2]
+            ]
+            idx = idx[np.isnan(self.values(idx))]
+        self.pool[self._flat(idx)] = self._query(idx)
+
+    def _query(self, idx: np.ndarray) -> np.ndarray:
         vals = np.empty(len(idx), np.float32)
         for i in range(0, len(idx), self.chunk_size):
             pts = torch.as_tensor(self.lo + idx[i : i + self.chunk_size] * self.step, dtype=torch.float32)
@@ -364,9 +379,25 @@ class _SparseLattice:
                     f"extract_mesh: density_fn must return shape [P], got {tuple(out.shape)} for P={len(pts)}"
                 )
             vals[i : i + len(pts)] = out.detach().float().cpu().numpy()
-        # a NaN would read as "not queried": non-finite densities are stored as zero / the largest float32
-        self.pool[self._flat(idx)] = np.nan_to_num(vals, nan=0.0, posinf=np.finfo(np.float32).max, neginf=0.0)
         self.queried += len(idx)
+        # a NaN would read as "not queried": non-finite densities are stored as zero / the largest float32
+        return np.nan_to_num(vals, nan=0.0, posinf=np.finfo(np.float32).max, neginf=0.0)
+
+    def query_coarse(self, stride: int) -> np.ndarray:
+        """Query the whole lattice of every `stride`-th point (a power of two up to `block`); returns it dense.
+
+        Kept apart from the tiles, so a tile is only allocated where finer points are queried."""
+        if stride & (stride - 1) or stride > self.block:
+            raise ValueError(f"_SparseLattice: stride must be a power of two <= {self.block}, got {stride}")
+        self.stride = stride
+        g = np.arange(0, self.n + 1, stride, dtype=self.itype)
+        coarse = self._query(np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)).reshape((len(g),) * 3)
+        per = self.block // stride
+        t = self.tile_of.shape[0]
+        padded = np.full((t * per,) * 3, np.nan, np.float32)
+        padded[: len(g), : len(g), : len(g)] = coarse
+        self._coarse_tiles = padded.reshape(t, per, t, per, t, per).transpose(0, 2, 4, 1, 3, 5)
+        return coarse
 
 
 def _cell_corner_values(lattice: _SparseLattice, cells: np.ndarray, size: int) -> np.ndarray:
@@ -386,6 +417,16 @@ def _flag(values: np.ndarray, level: float, margin: float) -> np.ndarray:
     return crossing
 
 
+_CELLS_PER_PASS = 2**21
+"""Cells handled at once by the coarse-to-fine search: bounds its temporary index arrays (about 100 MB)."""
+
+
+def _parts(cells: np.ndarray, size: int):
+    """Consecutive slices of at most `size` rows."""
+    for i in range(0, len(cells), max(1, size)):
+        yield cells[i : i + size]
+
+
 def _unique_cells(cells: np.ndarray, n: int) -> np.ndarray:
     """Unique rows of integer cell origins [K, 3] in [0, n] (sorted by their linear key)."""
     m = n + 1
@@ -402,44 +443,56 @@ def _dilate(cells: np.ndarray, size: int, limit: int) -> np.ndarray:
 
 
 def coarse_to_fine_cells(
-    lattice: _SparseLattice, stride: int, level: float, cell_limit: np.ndarray, margin: float | None = None
+    lattice: _SparseLattice,
+    grid: np.ndarray,
+    stride: int,
+    level: float,
+    cell_limit: np.ndarray,
+    margin: float | None = None,
 ) -> np.ndarray:
     """The lattice cells (unit origins [K, 3]) that the `level` surface crosses, found coarse to fine.
 
-    Level by level, from cells of edge `stride` down to unit cells: cells that may hold surface (`_flag`), grown
-    by one cell in every direction as a safety margin, are split in eight and their new corners queried. At unit
+    Level by level, from cells of edge `stride` down to unit cells: cells that may hold surface (`_flag`; at the
+    coarse level grown by one cell in every direction as a safety margin) are split in eight and their new corners
+    queried. At unit
     cells the surface is then followed: every neighbour of a crossing cell is queried until no new crossing cell
     appears, so each surface component that the search touched once comes out whole, exactly as a dense lattice
-    would give it. `cell_limit` [3] bounds the cell origins per axis (cells beyond the caller's lattice are dropped
+    would give it. `grid` is the coarse lattice (`lattice.query_coarse(stride)`). `cell_limit` [3] bounds the cell origins per axis (cells beyond the caller's lattice are dropped
     only at the end: the coarse lattice may overhang it).
     """
     margin = THIN_MARGIN if margin is None else margin
     n = lattice.n
-    g = np.arange(0, n + 1, stride, dtype=lattice.itype)
-    grid = lattice.values(np.stack(np.meshgrid(g, g, g, indexing="ij"), -1))  # the coarse lattice, queried
-    c = len(g) - 1
+    c = len(grid) - 1
     corners = np.stack([grid[i : i + c, j : j + c, k : k + c] for i, j, k in _CORNERS], -1).reshape(-1, 8)
     flags = _flag(corners, level, margin if stride > 1 else 0.0).reshape(c, c, c)
     active = np.argwhere(flags).astype(lattice.itype) * stride
+    active = _dilate(active, stride, n)  # the safety margin around the coarse cells
     size = stride
     while size > 1:
-        active = _dilate(active, size, n)
         half = size // 2
-        cells = _unique_cells((active[:, None, :] + half * _CORNERS[None]).reshape(-1, 3), n)
-        lattice.ensure(cells[:, None, :] + half * _CORNERS[None])
-        size = half
-        active = cells[_flag(_cell_corner_values(lattice, cells, size), level, margin if size > 1 else 0.0)]
-    # unit cells: follow the surface from the crossing cells found so far
+        found = []
+        for part in _parts(active, _CELLS_PER_PASS // 8):
+            cells = (part[:, None, :] + half * _CORNERS[None]).reshape(-1, 3)  # children: distinct parents, distinct
+            lattice.ensure(cells[:, None, :] + half * _CORNERS[None])
+            found.append(cells[_flag(_cell_corner_values(lattice, cells, half), level, margin if half > 1 else 0.0)])
+        active, size = (np.concatenate(found) if found else active[:0]), half
+    # unit cells: follow the surface from the crossing cells found so far (also recovers crossing cells whose
+    # parents' corners were all on one side)
     inside_limit = lambda c: c[(c < cell_limit).all(1)]
-    done = frontier = inside_limit(active)
+    frontier = inside_limit(active)
+    done = [frontier]
+    done_keys = np.sort(lattice.key(frontier))
     while len(frontier):
-        around = inside_limit(_dilate(frontier, 1, n))
-        around = around[~np.isin(lattice.key(around), lattice.key(done))]
-        if len(around) == 0:
-            break
-        lattice.ensure(around[:, None, :] + _CORNERS[None])
-        frontier = around[_flag(_cell_corner_values(lattice, around, 1), level, 0.0)]
-        done = np.concatenate([done, frontier])
+        found = []
+        for part in _parts(frontier, _CELLS_PER_PASS // 27):
+            around = inside_limit(_dilate(part, 1, n))
+            around = around[~np.isin(lattice.key(around), done_keys)]
+            lattice.ensure(around[:, None, :] + _CORNERS[None])
+            found.append(around[_flag(_cell_corner_values(lattice, around, 1), level, 0.0)])
+        frontier = _unique_cells(np.concatenate(found), n) if found else frontier[:0]
+        done.append(frontier)
+        done_keys = np.union1d(done_keys, lattice.key(frontier))
+    done = np.concatenate(done)
     return done
 
 
@@ -578,18 +631,16 @@ def _coarse_to_fine_mesh(density_fn, resolution, lo, hi, chunk_size, iso_level, 
     stride = coarse_stride(resolution)
     n = -(-(resolution - 1) // stride) * stride  # the coarse lattice may overhang the last lattice point
     lattice = _SparseLattice(density_fn, lo, step, n, chunk_size, device, block=max(stride, 16))
-    g = np.arange(0, n + 1, stride, dtype=np.int64)
-    coarse_idx = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1)
-    lattice.ensure(coarse_idx)
-    inside = g[g <= resolution - 1]
-    coarse = lattice.values(coarse_idx[: len(inside), : len(inside), : len(inside)])
+    grid = lattice.query_coarse(stride)
+    inside = (resolution - 1) // stride + 1
+    coarse = grid[:inside, :inside, :inside]
     if iso_level is None:
         # the level from the coarse lattice: its histogram of value vs gradient is the dense one's, sub-sampled
         iso = choose_iso_level(coarse, spacing=float(np.max(step)) * stride)
     else:
         iso = IsoLevel(float(iso_level), "fixed", {})
-    note(f"coarse {len(g)}^3 lattice (stride {stride}); iso-level {iso.value:.4g} ({iso.method})")
-    cells = coarse_to_fine_cells(lattice, stride, iso.value, np.full(3, resolution - 1))
+    note(f"coarse {len(grid)}^3 lattice (stride {stride}); iso-level {iso.value:.4g} ({iso.method})")
+    cells = coarse_to_fine_cells(lattice, grid, stride, iso.value, np.full(3, resolution - 1))
     note(f"{len(cells)} surface cells of {resolution - 1}^3 after {lattice.queried} density queries")
     verts, faces = marching_cubes_cells(lattice, cells, iso.value)
     iso.stats["density_queries"] = float(lattice.queried)
