@@ -31,6 +31,10 @@ def _model_key(key: str, prefix: str) -> str:
     return key
 
 
+class EmptyReconstructionError(RuntimeError):
+    """The display object's reconstruction is (nearly) empty: nerfstudio's point-cloud export would never finish."""
+
+
 class NonFiniteLossError(FloatingPointError):
     """A training loss became NaN or infinite; raised before the optimiser step so the weights stay good."""
 
@@ -92,6 +96,7 @@ class LRMPipeline(VanillaPipeline):
         self._stage: ProgressiveStage = self._base_stage
         image, camera, _ = self.datamanager.display_source
         self.model.set_display_source(image, camera)
+        self.datamanager.before_display_rays = self.check_display_opacity
         self.viewer_controls = LRMViewerControls(self)
         """Object picker, source image, re-run and upload controls; nerfstudio's viewer finds them by itself."""
 
@@ -105,6 +110,44 @@ class LRMPipeline(VanillaPipeline):
         image, camera, name = self.datamanager.display_source
         self.model.set_display_source(image, camera)
         return name
+
+    @torch.no_grad()
+    def check_display_opacity(self) -> float:
+        """Render the display object on a grid of its views' pixels; the fraction of opaque (alpha > 0.5) rays.
+
+        nerfstudio's `generate_point_cloud` (ns-export pointcloud / poisson) draws ray batches until it has kept
+        `--num-points` points with alpha > 0.5, with no other bound, so on an empty reconstruction it would run
+        forever. The datamanager calls this before the first test-mode rays of each display object.
+
+        Raises:
+            EmptyReconstructionError: fewer than `datamanager.min_opaque_fraction` of the rays are opaque.
+        """
+        dm = self.datamanager
+        minimum = dm.config.min_opaque_fraction
+        if minimum <= 0:
+            return float("nan")
+        name = dm.display_source[2]
+        bundle = dm.display_probe_rays()
+        chunk = self.model.config.eval_num_rays_per_chunk
+        alpha = torch.cat(
+            [self.model(bundle[i : i + chunk])["accumulation"].view(-1) for i in range(0, len(bundle), chunk)]
+        )
+        fraction = float((alpha > 0.5).float().mean()) if len(alpha) else 0.0
+        per_batch = fraction * dm.train_pixel_sampler.num_rays_per_batch
+        if fraction < minimum:
+            raise EmptyReconstructionError(
+                f"The reconstruction of {name!r} is empty or nearly empty: {fraction:.2%} of {len(alpha)} rays from "
+                f"its views are opaque (alpha > 0.5; the export needs at least {minimum:.2%}, "
+                "pipeline.datamanager.min_opaque_fraction), so a point cloud of it would never fill up. Train the "
+                "model longer, or export another object: set pipeline.datamanager.display_object in the config.yml "
+                "to another object id or an image path."
+            )
+        CONSOLE.print(
+            f"{name}: {fraction:.1%} of its rays are opaque, about {per_batch:.0f} points per batch of "
+            f"{dm.train_pixel_sampler.num_rays_per_batch} rays",
+            highlight=False,
+        )
+        return fraction
 
     # ------------------------------------------------------------------------------------------------- training
     def _forward_batch(self, ray_bundle, batch: dict[str, Any]) -> dict[str, Any]:

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from conftest import tiny_trainer_config
 
 
-def save_tiny_run(data: Path, output_dir: Path, step: int = 0, seed: int = 0) -> Path:
+def save_tiny_run(
+    data: Path, output_dir: Path, step: int = 0, seed: int = 0, configure: Callable[[Any], None] | None = None
+) -> Path:
     """Build the tiny pipeline (random weights) and write config.yml + nerfstudio_models/step-XXXXXXXXX.ckpt.
+
+    `configure` may change the TrainerConfig first.
 
     Returns:
         The config.yml path.
@@ -20,6 +26,8 @@ def save_tiny_run(data: Path, output_dir: Path, step: int = 0, seed: int = 0) ->
     config.output_dir = output_dir
     config.experiment_name = "tiny"
     config.set_timestamp()
+    if configure is not None:
+        configure(config)
     torch.manual_seed(seed)
     pipeline = config.pipeline.setup(device="cpu", test_mode="val")
     config.save_config()

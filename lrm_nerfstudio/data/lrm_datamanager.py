@@ -9,8 +9,9 @@ global RNG state; the object order is a per-epoch seeded permutation sharded by 
 
 from __future__ import annotations
 
+import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -94,6 +95,12 @@ class LRMDataManagerConfig(VanillaDataManagerConfig):
     """Depth PNG value times this = depth in world units."""
     train_num_rays_per_batch: int = 4096
     """Rays per batch in test mode (ns-export overrides it); training batches have B*M*patch_size**2 rays."""
+    min_opaque_fraction: float = 0.01
+    """Test mode (ns-export pointcloud / poisson): before the first rays, the display object is rendered on a grid
+    of its views' pixels, and if fewer than this fraction come out opaque (alpha > 0.5, what nerfstudio's point
+    cloud keeps) the export stops with an error instead of collecting points forever. 0 disables the check."""
+    opacity_probe_rays: int = 4096
+    """About how many rays that check renders."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -390,6 +397,8 @@ class LRMDataManager(VanillaDataManager):
         self.train_pixel_sampler = PixelSamplerConfig(num_rays_per_batch=config.train_num_rays_per_batch).setup()
         self.eval_pixel_sampler = None
         DataManager.__init__(self)  # nn.Module init; train_dataset is still None so it sets nothing else up
+        self.before_display_rays: Callable[[], None] | None = None
+        """Called once per display object before its first test-mode rays (the pipeline's opacity check)."""
         self.set_display_object(config.display_object or self._default_display())
 
     # ----------------------------------------------------------------------------------------- nerfstudio hooks
@@ -727,19 +736,36 @@ class LRMDataManager(VanillaDataManager):
         self.train_ray_generator = RayGenerator(self.train_dataset.cameras)
         self._display = {"name": name, "source_image": image, "source_camera": camera, "bg": self._eval_bg()}
         self._display_batch = {"image": images, "alpha": alphas, "image_idx": torch.arange(len(cams))}
+        self._display_checked = False  # the next test-mode rays run `before_display_rays` again
+
+    def display_probe_rays(self) -> RayBundle:
+        """About `opacity_probe_rays` rays of the display object's views on a regular pixel grid (deterministic)."""
+        v, h, w = self._display_batch["image"].shape[:3]
+        stride = max(1, math.ceil(math.sqrt(v * h * w / max(1, self.config.opacity_probe_rays))))
+        grid = torch.meshgrid(
+            torch.arange(v), torch.arange(stride // 2, h, stride), torch.arange(stride // 2, w, stride), indexing="ij"
+        )
+        return self._display_rays(torch.stack(grid, -1).reshape(-1, 3))
 
     def _next_display_rays(self) -> tuple[RayBundle, dict]:
+        if self.before_display_rays is not None and not self._display_checked:
+            self._display_checked = True
+            self.before_display_rays()
         batch = self.train_pixel_sampler.sample(self._display_batch)
-        ray_bundle = self.train_ray_generator(batch["indices"])
+        ray_bundle = self._display_rays(batch["indices"])
+        batch["source_images"] = self._display["source_image"][None]
+        batch["source_cameras"] = self._display["source_camera"][None]
+        batch["object_ids"] = [self._display["name"]]
+        return self._to_device(ray_bundle, batch)
+
+    def _display_rays(self, indices: Tensor) -> RayBundle:
+        ray_bundle = self.train_ray_generator(indices)
         n = len(ray_bundle)
         zeros = torch.zeros(n, 1, dtype=torch.long)
         ray_bundle.camera_indices = zeros
         bg = torch.from_numpy(self._display["bg"]).expand(n, 3).contiguous()
         ray_bundle.metadata = {**(ray_bundle.metadata or {}), "object_index": zeros, "background_color": bg}
-        batch["source_images"] = self._display["source_image"][None]
-        batch["source_cameras"] = self._display["source_camera"][None]
-        batch["object_ids"] = [self._display["name"]]
-        return self._to_device(ray_bundle, batch)
+        return ray_bundle.to(self.device)
 
 
 def _worker_init(_: int) -> None:

@@ -280,6 +280,263 @@ def marching_cubes_blocks(grid: np.ndarray, level: float, block: int = 64) -> tu
     return np.concatenate(verts), np.concatenate(faces)
 
 
+# ------------------------------------------------------------------------------------------ coarse to fine
+COARSE_MIN_CELLS = 48
+"""The coarse lattice has at least this many cells per axis (its stride is the largest power of two allowing it)."""
+THIN_MARGIN = 0.5
+"""Coarse cells whose densest corner reaches this fraction of a positive level are refined even if no corner lies
+above it (parts thinner than the coarse stride then survive when their density reaches the coarse lattice)."""
+_BRICK = 32
+"""Cells per axis of the dense bricks that marching cubes runs on at the end."""
+
+
+def coarse_stride(resolution: int) -> int:
+    """Stride (in lattice steps) of the coarse lattice of `extract_mesh`'s coarse-to-fine search: the largest power
+    of two that leaves at least `COARSE_MIN_CELLS` coarse cells per axis (1: the lattice is already coarse)."""
+    cells = max(1, resolution - 1)
+    return 1 << max(0, math.floor(math.log2(max(1.0, cells / COARSE_MIN_CELLS))))
+
+
+_CORNERS = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], dtype=np.int32)
+_NEIGHBOURS = np.array([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)], dtype=np.int32)
+
+
+class _SparseLattice:
+    """Densities on a sparse subset of the (n + 1)^3 lattice, queried on demand.
+
+    Storage is block-sparse: the lattice is tiled into `block`^3 tiles, and a tile gets a dense float32 array (NaN =
+    not queried) the first time one of its points is queried, so memory follows the surface, not the volume, and
+    a lookup is plain indexing.
+    """
+
+    def __init__(
+        self, density_fn: DensityFn, lo: np.ndarray, step: np.ndarray, n: int, chunk_size: int, device, block: int
+    ):
+        if block & (block - 1):
+            raise ValueError(f"_SparseLattice: block must be a power of two, got {block}")
+        self.density_fn, self.lo, self.step, self.n = density_fn, lo, step, n
+        self.chunk_size, self.device, self.block = chunk_size, device, block
+        self.shift = block.bit_length() - 1
+        tiles = (n >> self.shift) + 1
+        # int32 indices where they fit: half the memory traffic of the index arithmetic
+        self.itype = np.int32 if max((n + 1) ** 3, tiles**3 * block**3) < 2**31 else np.int64
+        self.tile_of = np.zeros((tiles,) * 3, self.itype)  # 0: the all-NaN tile (nothing queried there yet)
+        self.pool = np.full(block**3, np.nan, np.float32)  # tiles, flattened
+        self.tiles = 1
+        self.queried = 0
+
+    def key(self, idx: np.ndarray) -> np.ndarray:
+        """Linear keys of lattice indices [..., 3]."""
+        m = self.n + 1
+        return (idx[..., 0] * m + idx[..., 1]) * m + idx[..., 2]
+
+    def _flat(self, idx: np.ndarray) -> np.ndarray:
+        sh, mask, t = self.shift, self.block - 1, self.tile_of.shape[0]
+        i, j, k = idx[..., 0], idx[..., 1], idx[..., 2]
+        tile = np.take(self.tile_of, ((i >> sh) * t + (j >> sh)) * t + (k >> sh))
+        return (((tile << sh) | (i & mask)) << sh | (j & mask)) << sh | (k & mask)
+
+    def values(self, idx: np.ndarray) -> np.ndarray:
+        """Densities at lattice indices [..., 3]; NaN where not queried."""
+        return self.pool[self._flat(idx)]
+
+    def ensure(self, idx: np.ndarray) -> None:
+        """Query the density at every lattice index [..., 3] not known yet."""
+        idx = idx.reshape(-1, 3)
+        idx = idx[np.isnan(self.values(idx))]
+        if len(idx) == 0:
+            return
+        m = self.n + 1
+        keys = np.unique(self.key(idx))
+        idx = np.stack([keys // (m * m), (keys // m) % m, keys % m], axis=-1)
+        tiles = idx >> self.shift
+        new_tiles = tiles[self.tile_of[tiles[:, 0], tiles[:, 1], tiles[:, 2]] == 0]
+        if len(new_tiles):
+            t = _unique_cells(new_tiles, self.n)
+            self.tile_of[t[:, 0], t[:, 1], t[:, 2]] = self.tiles + np.arange(len(t), dtype=self.itype)
+            self.tiles += len(t)
+            if self.tiles * self.block**3 > len(self.pool):  # grow by doubling: amortised, not a copy per call
+                grown = np.full(max(2 * len(self.pool), self.tiles * self.block**3), np.nan, np.float32)
+                grown[: len(self.pool)] = self.pool
+                self.pool = grown
+        if len(new_tiles):  # coarse lattice points of the new tiles: copied, not queried again
+            ids = self.tile_of[t[:, 0], t[:, 1], t[:, 2]][:, None, None, None]
+            k = np.arange(0, self.block, self.stride)
+            pool = self.pool[: self.tiles * self.block**3].reshape(-1, self.block, self.block, self.block)
+            pool[ids, k[:, None, None], k[None, :, None], k[None, None, :]] = self._coarse_tiles[
+                t[:, 0], t[:, 1], t[:, 2]
+            ]
+            idx = idx[np.isnan(self.values(idx))]
+        self.pool[self._flat(idx)] = self._query(idx)
+
+    def _query(self, idx: np.ndarray) -> np.ndarray:
+        vals = np.empty(len(idx), np.float32)
+        for i in range(0, len(idx), self.chunk_size):
+            pts = torch.as_tensor(self.lo + idx[i : i + self.chunk_size] * self.step, dtype=torch.float32)
+            out = _query(self.density_fn, pts.to(self.device), "density_fn")
+            if out.shape != (len(pts),):
+                raise ValueError(
+                    f"extract_mesh: density_fn must return shape [P], got {tuple(out.shape)} for P={len(pts)}"
+                )
+            vals[i : i + len(pts)] = out.detach().float().cpu().numpy()
+        self.queried += len(idx)
+        # a NaN would read as "not queried": non-finite densities are stored as zero / the largest float32
+        return np.nan_to_num(vals, nan=0.0, posinf=np.finfo(np.float32).max, neginf=0.0)
+
+    def query_coarse(self, stride: int) -> np.ndarray:
+        """Query the whole lattice of every `stride`-th point (a power of two up to `block`); returns it dense.
+
+        Kept apart from the tiles, so a tile is only allocated where finer points are queried."""
+        if stride & (stride - 1) or stride > self.block:
+            raise ValueError(f"_SparseLattice: stride must be a power of two <= {self.block}, got {stride}")
+        self.stride = stride
+        g = np.arange(0, self.n + 1, stride, dtype=self.itype)
+        coarse = self._query(np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)).reshape((len(g),) * 3)
+        per = self.block // stride
+        t = self.tile_of.shape[0]
+        padded = np.full((t * per,) * 3, np.nan, np.float32)
+        padded[: len(g), : len(g), : len(g)] = coarse
+        self._coarse_tiles = padded.reshape(t, per, t, per, t, per).transpose(0, 2, 4, 1, 3, 5)
+        return coarse
+
+
+def _cell_corner_values(lattice: _SparseLattice, cells: np.ndarray, size: int) -> np.ndarray:
+    """[K, 8] densities at the corners of cells (origins [K, 3], edge `size`); NaN where unknown."""
+    return lattice.values(cells[:, None, :] + size * _CORNERS[None])
+
+
+def _flag(values: np.ndarray, level: float, margin: float) -> np.ndarray:
+    """Cells that may hold surface: corners on both sides of the level, or (thin parts) all below a positive level
+    but the densest within `margin` of it."""
+    with np.errstate(invalid="ignore"):
+        above = values > level
+        crossing = above.any(1) & ~above.all(1)
+        if margin > 0 and level > 0:
+            peak = np.nanmax(values, axis=1)
+            crossing |= (peak >= margin * level) & (peak <= level)
+    return crossing
+
+
+_CELLS_PER_PASS = 2**21
+"""Cells handled at once by the coarse-to-fine search: bounds its temporary index arrays (about 100 MB)."""
+
+
+def _parts(cells: np.ndarray, size: int):
+    """Consecutive slices of at most `size` rows."""
+    for i in range(0, len(cells), max(1, size)):
+        yield cells[i : i + size]
+
+
+def _unique_cells(cells: np.ndarray, n: int) -> np.ndarray:
+    """Unique rows of integer cell origins [K, 3] in [0, n] (sorted by their linear key)."""
+    m = n + 1
+    keys = np.unique((cells[:, 0] * m + cells[:, 1]) * m + cells[:, 2])
+    return np.stack([keys // (m * m), (keys // m) % m, keys % m], axis=-1)
+
+
+def _dilate(cells: np.ndarray, size: int, limit: int) -> np.ndarray:
+    """Unique cells (origins, multiples of `size`) of the 3x3x3 neighbourhood of `cells`, inside [0, limit)."""
+    if len(cells) == 0:
+        return cells
+    grown = (cells[:, None, :] + size * _NEIGHBOURS[None]).reshape(-1, 3)
+    return _unique_cells(grown[((grown >= 0) & (grown < limit)).all(1)], limit)
+
+
+def coarse_to_fine_cells(
+    lattice: _SparseLattice,
+    grid: np.ndarray,
+    stride: int,
+    level: float,
+    cell_limit: np.ndarray,
+    margin: float | None = None,
+) -> np.ndarray:
+    """The lattice cells (unit origins [K, 3]) that the `level` surface crosses, found coarse to fine.
+
+    Level by level, from cells of edge `stride` down to unit cells: cells that may hold surface (`_flag`; at the
+    coarse level grown by one cell in every direction as a safety margin) are split in eight and their new corners
+    queried. At unit
+    cells the surface is then followed: every neighbour of a crossing cell is queried until no new crossing cell
+    appears, so each surface component that the search touched once comes out whole, exactly as a dense lattice
+    would give it. `grid` is the coarse lattice (`lattice.query_coarse(stride)`). `cell_limit` [3] bounds the cell origins per axis (cells beyond the caller's lattice are dropped
+    only at the end: the coarse lattice may overhang it).
+    """
+    margin = THIN_MARGIN if margin is None else margin
+    n = lattice.n
+    c = len(grid) - 1
+    corners = np.stack([grid[i : i + c, j : j + c, k : k + c] for i, j, k in _CORNERS], -1).reshape(-1, 8)
+    flags = _flag(corners, level, margin if stride > 1 else 0.0).reshape(c, c, c)
+    active = np.argwhere(flags).astype(lattice.itype) * stride
+    active = _dilate(active, stride, n)  # the safety margin around the coarse cells
+    size = stride
+    while size > 1:
+        half = size // 2
+        found = []
+        for part in _parts(active, _CELLS_PER_PASS // 8):
+            cells = (part[:, None, :] + half * _CORNERS[None]).reshape(-1, 3)  # children: distinct parents, distinct
+            lattice.ensure(cells[:, None, :] + half * _CORNERS[None])
+            found.append(cells[_flag(_cell_corner_values(lattice, cells, half), level, margin if half > 1 else 0.0)])
+        active, size = (np.concatenate(found) if found else active[:0]), half
+    # unit cells: follow the surface from the crossing cells found so far (also recovers crossing cells whose
+    # parents' corners were all on one side)
+    inside_limit = lambda c: c[(c < cell_limit).all(1)]
+    frontier = inside_limit(active)
+    done = [frontier]
+    done_keys = np.sort(lattice.key(frontier))
+    while len(frontier):
+        found = []
+        for part in _parts(frontier, _CELLS_PER_PASS // 27):
+            around = inside_limit(_dilate(part, 1, n))
+            around = around[~np.isin(lattice.key(around), done_keys)]
+            lattice.ensure(around[:, None, :] + _CORNERS[None])
+            found.append(around[_flag(_cell_corner_values(lattice, around, 1), level, 0.0)])
+        frontier = _unique_cells(np.concatenate(found), n) if found else frontier[:0]
+        done.append(frontier)
+        done_keys = np.union1d(done_keys, lattice.key(frontier))
+    done = np.concatenate(done)
+    return done
+
+
+def marching_cubes_cells(
+    lattice: _SparseLattice, cells: np.ndarray, level: float, brick: int = _BRICK
+) -> tuple[np.ndarray, np.ndarray]:
+    """Marching cubes of exactly the given unit cells (all corners known); vertices in lattice-index units.
+
+    Cells are gathered into dense bricks for pymcubes; triangles of cells outside the set (whose corners were never
+    queried) are dropped, so each kept triangle is the one a dense lattice would give that cell.
+    """
+    verts, faces, offset = [], [], 0
+    if len(cells) == 0:
+        return np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64)
+    brick_of = cells // brick
+    order = np.lexsort((brick_of[:, 2], brick_of[:, 1], brick_of[:, 0]))
+    cells, brick_of = cells[order], brick_of[order]
+    starts = np.flatnonzero(np.r_[True, (np.diff(brick_of, axis=0) != 0).any(1)])
+    ends = np.r_[starts[1:], len(cells)]
+    fill = level - 1.0 if math.isfinite(level) else 0.0
+    for s, e in zip(starts, ends):
+        origin = brick_of[s] * brick
+        local = cells[s:e] - origin
+        ext = local.max(0) + 2
+        block = np.full(tuple(ext), fill, np.float64)
+        corners = local[:, None, :] + _CORNERS[None]
+        block[corners[..., 0], corners[..., 1], corners[..., 2]] = _cell_corner_values(lattice, cells[s:e], 1)
+        v, f = mcubes.marching_cubes(block, float(level))
+        if len(f) == 0:
+            continue
+        mask = np.zeros(tuple(ext - 1), bool)
+        mask[local[:, 0], local[:, 1], local[:, 2]] = True
+        cell_of = np.clip(np.floor(v[f].mean(1)).astype(np.int64), 0, ext - 2)
+        f = f[mask[cell_of[:, 0], cell_of[:, 1], cell_of[:, 2]]]
+        if len(f) == 0:
+            continue
+        verts.append(v + origin)
+        faces.append(f.astype(np.int64) + offset)
+        offset += len(v)
+    if not faces:
+        return np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64)
+    return np.concatenate(verts), np.concatenate(faces)
+
+
 @torch.no_grad()
 def extract_mesh(
     density_fn: DensityFn,
@@ -291,6 +548,8 @@ def extract_mesh(
     *,
     block_size: int = 64,
     device: torch.device | str = "cpu",
+    coarse_to_fine: bool = True,
+    progress: Callable[[str], None] | None = None,
 ) -> trimesh.Trimesh:
     """Mesh the level set of a density field with chunked queries and block-wise marching cubes.
 
@@ -302,8 +561,15 @@ def extract_mesh(
         chunk_size: most points per `density_fn` / `color_fn` call.
         iso_level: density level of the surface; None picks it from the data with `choose_iso_level`.
         color_fn: points [P, 3] -> RGB [P, 3] in [0, 1], evaluated at the vertices; None leaves no colours.
-        block_size: z-slices per marching-cubes block (memory vs. call overhead; the result does not depend on it).
+        block_size: z-slices per marching-cubes block of the dense path (memory vs. call overhead; the result does
+            not depend on it).
         device: device on which query points are created.
+        coarse_to_fine: query the density on a coarse lattice (stride `coarse_stride(resolution)`), choose the
+            level there, and refine only cells near the surface down to the full resolution, then follow the
+            surface cell by cell (`coarse_to_fine_cells`). The mesh equals the dense lattice's for every surface
+            component the coarse search touches; time and memory grow with the surface area instead of the volume.
+            False: query the whole dense lattice (the reference path).
+        progress: called with a short message after each stage (for progress reports).
 
     Returns:
         A mesh in world coordinates with outward-facing winding, merged seams, and, with `color_fn`, uint8 vertex
@@ -314,12 +580,19 @@ def extract_mesh(
             "no surface found" and lists the density statistics.
     """
     lo, hi, _ = _grid_axes(resolution, bbox)
-    grid = sample_density_grid(density_fn, resolution, bbox, chunk_size, device)
-    if iso_level is None:
-        iso = choose_iso_level(grid, spacing=float(np.max((hi - lo) / (resolution - 1))))
+    note = progress or (lambda message: None)
+    if coarse_to_fine:
+        verts, faces, iso, grid = _coarse_to_fine_mesh(
+            density_fn, resolution, lo, hi, chunk_size, iso_level, device, note
+        )
     else:
-        iso = IsoLevel(float(iso_level), "fixed", {})
-    verts, faces = marching_cubes_blocks(grid, iso.value, block=max(1, block_size))
+        grid = sample_density_grid(density_fn, resolution, bbox, chunk_size, device)
+        if iso_level is None:
+            iso = choose_iso_level(grid, spacing=float(np.max((hi - lo) / (resolution - 1))))
+        else:
+            iso = IsoLevel(float(iso_level), "fixed", {})
+        note(f"density on the dense {resolution}^3 lattice; iso-level {iso.value:.4g} ({iso.method})")
+        verts, faces = marching_cubes_blocks(grid, iso.value, block=max(1, block_size))
     if len(faces) == 0:
         stats = iso.stats or {"min": float(np.nanmin(grid)), "max": float(np.nanmax(grid))}
         raise NoSurfaceError(
@@ -346,6 +619,32 @@ def extract_mesh(
         )
     mesh.metadata.update({"iso_level": iso.value, "iso_method": iso.method, "density_stats": dict(iso.stats)})
     return mesh
+
+
+def _coarse_to_fine_mesh(density_fn, resolution, lo, hi, chunk_size, iso_level, device, note):
+    """`extract_mesh`'s coarse-to-fine path: vertices (lattice units), faces, the level and the coarse grid."""
+    if resolution < 2:
+        raise ValueError(f"extract_mesh: resolution must be >= 2, got {resolution}")
+    if chunk_size < 1:
+        raise ValueError(f"extract_mesh: chunk_size must be >= 1, got {chunk_size}")
+    step = (hi - lo) / (resolution - 1)
+    stride = coarse_stride(resolution)
+    n = -(-(resolution - 1) // stride) * stride  # the coarse lattice may overhang the last lattice point
+    lattice = _SparseLattice(density_fn, lo, step, n, chunk_size, device, block=max(stride, 16))
+    grid = lattice.query_coarse(stride)
+    inside = (resolution - 1) // stride + 1
+    coarse = grid[:inside, :inside, :inside]
+    if iso_level is None:
+        # the level from the coarse lattice: its histogram of value vs gradient is the dense one's, sub-sampled
+        iso = choose_iso_level(coarse, spacing=float(np.max(step)) * stride)
+    else:
+        iso = IsoLevel(float(iso_level), "fixed", {})
+    note(f"coarse {len(grid)}^3 lattice (stride {stride}); iso-level {iso.value:.4g} ({iso.method})")
+    cells = coarse_to_fine_cells(lattice, grid, stride, iso.value, np.full(3, resolution - 1))
+    note(f"{len(cells)} surface cells of {resolution - 1}^3 after {lattice.queried} density queries")
+    verts, faces = marching_cubes_cells(lattice, cells, iso.value)
+    iso.stats["density_queries"] = float(lattice.queried)
+    return verts, faces, iso, coarse
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import open3d as o3d
@@ -67,3 +68,46 @@ def test_ns_export_poisson_of_an_image(tiny_run, procedural_dataset, tmp_path):
     assert len(mesh.vertex_normals) == len(mesh.vertices)
     textured = trimesh.load(out / "mesh.obj", force="mesh")
     assert len(textured.faces) > 0 and (out / "material_0.png").is_file()
+
+
+def _empty_field(config) -> None:
+    # an untrained model whose field starts empty (the density bias a far-from-converged run can end with)
+    config.pipeline.model.field.density_bias = -30.0
+
+
+def test_opacity_check_refuses_an_empty_reconstruction(procedural_dataset, tmp_path):
+    from lrm_nerfstudio.lrm_pipeline import EmptyReconstructionError
+
+    _, pipeline, _, _ = eval_setup(
+        save_tiny_run(procedural_dataset, tmp_path, configure=_empty_field), test_mode="test"
+    )
+    name = pipeline.datamanager.display_source[2]
+    with pytest.raises(EmptyReconstructionError, match=f"reconstruction of '{name}' is empty.*display_object"):
+        pipeline.datamanager.next_train(0)
+    pipeline.datamanager.config.min_opaque_fraction = 0.0  # the check can be switched off
+    pipeline.datamanager.set_display_object(name)
+    bundle, _ = pipeline.datamanager.next_train(0)
+    assert len(bundle) == pipeline.datamanager.config.train_num_rays_per_batch
+
+
+def test_opacity_check_passes_an_opaque_reconstruction(tiny_run):
+    _, pipeline, _, _ = eval_setup(tiny_run, test_mode="test")
+    fraction = pipeline.check_display_opacity()  # the random test model's fog is opaque (see the pointcloud test)
+    assert fraction > pipeline.datamanager.config.min_opaque_fraction
+    assert len(pipeline.datamanager.display_probe_rays()) <= 2 * pipeline.datamanager.config.opacity_probe_rays
+
+
+@pytest.mark.slow
+def test_ns_export_poisson_of_an_empty_reconstruction_fails_fast(procedural_dataset, tmp_path):
+    """Before: nerfstudio's point-cloud loop waited forever for opaque rays (13+ minutes seen). Now: an error."""
+    run = save_tiny_run(procedural_dataset, tmp_path / "run", configure=_empty_field)
+    start = time.monotonic()
+    out = run_tool([tool("ns-export"), "poisson", "--load-config", str(run), "--output-dir", str(tmp_path / "out"),
+                    "--num-points", "4000", "--num-rays-per-batch", "4096"], timeout=180, expect=None)  # fmt: skip
+    elapsed = time.monotonic() - start
+    test_id = json.loads((procedural_dataset / "dataset.json").read_text())["splits"]["test"][0]
+    text = " ".join((out.stdout + out.stderr).split())
+    assert out.returncode != 0, text[-2000:]
+    assert f"The reconstruction of '{test_id}' is empty or nearly empty" in text
+    assert "Train the model longer" in text and "pipeline.datamanager.display_object" in text
+    assert elapsed < 180

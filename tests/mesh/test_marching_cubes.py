@@ -136,3 +136,101 @@ def test_soft_fog_gets_the_level_its_renders_show():
     radius = s * np.sqrt(2 * np.log(peak / expected))
     assert np.linalg.norm(mesh.vertices, axis=1).mean() == pytest.approx(radius, abs=1.5 * voxel)
     assert mesh.is_watertight
+
+
+# ------------------------------------------------------------------------------------------ coarse to fine
+def torus_density(p, major=0.5, minor=0.15, width=0.02):
+    q = torch.stack([(p[:, 0] ** 2 + p[:, 1] ** 2).sqrt() - major, p[:, 2]], -1)
+    return 10.0 * torch.sigmoid((minor - q.norm(dim=-1)) / width)
+
+
+def thin_plate_density(p, half_thickness=0.012, width=0.004):
+    # a tilted plate 0.024 thick: under two lattice steps at resolution 129, less than the coarse stride's double
+    d = (p @ torch.tensor([0.3, -0.2, 0.93]) / 0.9945 - 0.05).abs()
+    box = (p.abs() < 0.7).all(-1).float()
+    return 5.0 * torch.sigmoid((half_thickness - d) / width) * box
+
+
+def two_parts_density(p):
+    a = torch.sigmoid((0.3 - (p - torch.tensor([-0.5, 0.0, 0.1])).norm(dim=-1)) / 0.02)
+    b = torch.sigmoid((0.15 - (p - torch.tensor([0.55, 0.3, -0.4])).norm(dim=-1)) / 0.02)
+    return 3.0 * (a + b)
+
+
+def _hausdorff(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.spatial import cKDTree
+
+    return max(cKDTree(b).query(a)[0].max(), cKDTree(a).query(b)[0].max())
+
+
+ANALYTIC = {
+    "sphere": sphere_density(),
+    "torus": torus_density,
+    "thin_plate": thin_plate_density,
+    "two_parts": two_parts_density,
+}
+
+
+@pytest.mark.parametrize("name", list(ANALYTIC))
+def test_coarse_to_fine_equals_dense(name):
+    """The coarse-to-fine search (stride 2 at 129^3) gives the dense lattice's mesh: same level, same vertices."""
+    from lrm_nerfstudio.mesh.marching_cubes import coarse_stride
+
+    res = 129
+    assert coarse_stride(res) == 2
+    voxel = 2.0 / (res - 1)
+    dense = extract_mesh(ANALYTIC[name], resolution=res, coarse_to_fine=False)
+    fast = extract_mesh(ANALYTIC[name], resolution=res)
+    # the adaptive level from the coarse lattice is the dense lattice's within a few percent
+    assert fast.metadata["iso_level"] == pytest.approx(dense.metadata["iso_level"], rel=0.05)
+    assert fast.metadata["density_stats"]["density_queries"] < 0.5 * res**3
+    assert len(fast.vertices) == pytest.approx(len(dense.vertices), rel=0.02)
+    assert _hausdorff(fast.vertices, dense.vertices) < voxel
+    assert len(fast.split(only_watertight=False)) == len(dense.split(only_watertight=False))
+    # at the same (fixed) level the two are the same mesh
+    level = dense.metadata["iso_level"]
+    fixed = extract_mesh(ANALYTIC[name], resolution=res, iso_level=level)
+    fixed_dense = extract_mesh(ANALYTIC[name], resolution=res, iso_level=level, coarse_to_fine=False)
+    assert len(fixed.vertices) == len(fixed_dense.vertices) and len(fixed.faces) == len(fixed_dense.faces)
+    np.testing.assert_allclose(
+        np.unique(np.round(fixed.vertices, 5), axis=0), np.unique(np.round(fixed_dense.vertices, 5), axis=0), atol=2e-5
+    )
+
+
+def test_coarse_to_fine_keeps_a_part_thinner_than_the_coarse_stride(monkeypatch):
+    """A plate one lattice layer thick at 193^3 (coarse stride 4), midway between two planes of the coarse lattice:
+    no coarse point lies inside it, so only the thin-part margin finds it; the surface following then recovers all
+    of it."""
+    from lrm_nerfstudio.mesh import marching_cubes as mc
+
+    res = 193
+    h = 2.0 / (res - 1)
+    assert mc.coarse_stride(res) == 4
+    z0 = -1.0 + 102 * h  # lattice plane 102: two steps from coarse planes 100 and 104
+
+    def density(p):
+        inside_xy = (p[:, :2].abs() < 0.7).all(-1).float()
+        return 5.0 * torch.sigmoid((0.6 * h - (p[:, 2] - z0).abs()) / (1.5 * h)) * inside_xy
+
+    level = 2.5
+    fast = extract_mesh(density, resolution=res, iso_level=level)
+    dense = extract_mesh(density, resolution=res, iso_level=level, coarse_to_fine=False)
+    assert len(fast.faces) == len(dense.faces)
+    assert _hausdorff(fast.vertices, dense.vertices) < 1e-4
+    monkeypatch.setattr(mc, "THIN_MARGIN", 0.0)
+    with pytest.raises(NoSurfaceError):  # without the margin the coarse search never sees the plate
+        extract_mesh(density, resolution=res, iso_level=level)
+
+
+def test_coarse_to_fine_iso_levels_of_the_existing_fields():
+    """The levels chosen from the coarse lattice match the dense choice on the fields above (soft fog included)."""
+    s, peak = 0.3, 4.0
+
+    def fog(p):
+        return peak * torch.exp(-(p**2).sum(-1) / (2 * s**2))
+
+    for density in (fog, sphere_density(scale=1000.0)):
+        fast = extract_mesh(density, resolution=129)
+        dense = extract_mesh(density, resolution=129, coarse_to_fine=False)
+        assert fast.metadata["iso_method"] == dense.metadata["iso_method"]
+        assert fast.metadata["iso_level"] == pytest.approx(dense.metadata["iso_level"], rel=0.05)
