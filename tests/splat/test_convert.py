@@ -8,7 +8,6 @@ import torch
 from gsplat.utils import normalized_quat_to_rotmat
 from scipy.spatial import cKDTree
 
-from lrm_nerfstudio.model.triplane_field import TriplaneFieldConfig
 from lrm_nerfstudio.splat.convert import (
     SplatConversionConfig,
     gaussians_from_field,
@@ -16,6 +15,7 @@ from lrm_nerfstudio.splat.convert import (
     orthographic_weights,
 )
 from lrm_nerfstudio.splat.gaussians import SH_C0, EmptyReconstructionError, quats_from_normals
+from lrm_nerfstudio.splat.reference import sphere_rgb_density, sphere_triplane
 
 CENTRE = torch.tensor([0.1, -0.2, 0.15])
 RADIUS = 0.5
@@ -23,39 +23,14 @@ LATTICE = 64
 VOXEL = 2.0 / (LATTICE - 1)
 
 
-def sphere_field(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """An off-centre solid sphere of density 50 with a 0.02-wide edge, coloured by position."""
-    distance = (points - CENTRE).norm(dim=-1)
-    return (points + 1.0) / 2.0, 50.0 * torch.sigmoid((RADIUS - distance) / 0.02)
+sphere_field = sphere_rgb_density(CENTRE, RADIUS)
+"""An off-centre solid sphere of density 50 with a 0.02-wide edge, coloured by position."""
 
 
 @pytest.fixture(scope="module")
-def sphere_triplane():
-    """A TriplaneField and a triplane made by hand whose density is exp(8 (R^2 - |p - c|^2)): density 1 on the sphere.
-
-    Summed planes: channel 0 holds (x - cx)^2 + (y - cy)^2 on XY and (z - cz)^2 on XZ, so it sums to |p - c|^2;
-    channels 1-3 hold x, y (XY) and z (XZ). The MLP is one Linear layer: raw density 8 (R^2 - d^2), and RGB
-    sigmoid(2 x, 2 y, 2 z).
-    """
-    field = TriplaneFieldConfig(
-        triplane_dim=4, aggregation="sum", num_hidden_layers=0, density_bias=0.0, density_activation="trunc_exp"
-    ).setup()
-    r = 128
-    u = -1.0 + (torch.arange(r) + 0.5) * 2.0 / r  # texel centres (align_corners=False)
-    h, w = torch.meshgrid(u, u, indexing="ij")  # plane rows = second axis, columns = first axis
-    planes = torch.zeros(1, 3, 4, r, r)
-    cx, cy, cz = CENTRE.tolist()
-    planes[0, 0, 0] = (w - cx) ** 2 + (h - cy) ** 2  # XY: (x, y)
-    planes[0, 1, 0] = (h - cz) ** 2  # XZ: (x, z)
-    planes[0, 0, 1], planes[0, 0, 2], planes[0, 1, 3] = w, h, h
-    with torch.no_grad():
-        linear = field.mlp[0]
-        linear.weight.zero_()
-        linear.bias.zero_()
-        linear.weight[0, 0], linear.bias[0] = -8.0, 8.0 * RADIUS**2
-        for c in range(3):
-            linear.weight[1 + c, 1 + c] = 2.0
-    return field.eval(), planes
+def sphere_triplane_field():
+    """A TriplaneField and a hand-made triplane whose density is 1 on the sphere."""
+    return sphere_triplane(CENTRE, RADIUS)
 
 
 def occupancy_iou(g, resolution: int = 48) -> float:
@@ -120,8 +95,8 @@ def test_density_placement_is_near_the_surface_but_less_tight():
     assert occupancy_iou(surface) > iou
 
 
-def test_sphere_triplane_through_the_triplane_field(sphere_triplane):
-    field, planes = sphere_triplane
+def test_sphere_triplane_through_the_triplane_field(sphere_triplane_field):
+    field, planes = sphere_triplane_field
     config = SplatConversionConfig(num_gaussians=10_000, resolution=LATTICE, iso_level=1.0)
     g = gaussians_from_triplane(field, planes, config)
     check_shapes_and_ranges(g, 10_000)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from lrm_nerfstudio.splat.convert import SplatConversionConfig, gaussians_from_field
+from lrm_nerfstudio.splat.reference import sphere_rgb_density
 from lrm_nerfstudio.splat.refine import SplatRefineConfig, distillation_cameras, psnr, refine_gaussians
 from lrm_nerfstudio.splat.render import (
     GsplatUnavailableError,
@@ -20,9 +21,7 @@ CENTRE = torch.tensor([0.1, -0.2, 0.15])
 RADIUS = 0.5
 
 
-def sphere_field(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    distance = (points - CENTRE).norm(dim=-1)
-    return (points + 1.0) / 2.0, 200.0 * torch.sigmoid((RADIUS - distance) / 0.01)
+sphere_field = sphere_rgb_density(CENTRE, RADIUS, density=200.0, width=0.01)
 
 
 def test_gaussians_project_onto_the_pixels_of_the_nerf_rays():
