@@ -152,7 +152,9 @@ def refine_gaussians(
         target = targets[views.to(device)]
         loss = (1.0 - config.ssim_weight) * torch.abs(rendered - target).mean()
         if config.ssim_weight > 0:
-            ssim = structural_similarity_index_measure(rendered.permute(0, 3, 1, 2), target.permute(0, 3, 1, 2))
+            ssim = structural_similarity_index_measure(
+                rendered.permute(0, 3, 1, 2), target.permute(0, 3, 1, 2), data_range=1.0
+            )
             loss = loss + config.ssim_weight * (1.0 - ssim)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

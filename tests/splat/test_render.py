@@ -77,3 +77,38 @@ def test_refinement_raises_psnr():
     with torch.no_grad():
         again, _ = render_gaussians(result.gaussians, cameras, background)
     assert psnr(again, targets) == pytest.approx(result.psnr_after, abs=1e-3)
+
+
+def test_the_rasterization_call_fits_gsplats_signature_and_shapes(monkeypatch):
+    """Without CUDA, check the arguments handed to `gsplat.rasterization` against its signature and shape asserts.
+
+    gsplat's kernel itself is not run (it needs CUDA); the call is recorded, bound to the real signature, and
+    the shapes checked as gsplat 1.4.0 asserts them.
+    """
+    import inspect
+
+    import gsplat
+
+    from lrm_nerfstudio.splat import render
+
+    calls = []
+    signature = inspect.signature(gsplat.rasterization)
+
+    def recording(**kwargs):
+        calls.append(signature.bind(**kwargs).arguments)
+        c, h, w = kwargs["viewmats"].shape[0], kwargs["height"], kwargs["width"]
+        return torch.zeros(c, h, w, 3), torch.zeros(c, h, w, 1), {}
+
+    monkeypatch.setattr(gsplat, "rasterization", recording)
+    monkeypatch.setattr(render, "gsplat_unavailable_reason", lambda device=None: None)
+    g = gaussians_from_field(sphere_field, SplatConversionConfig(num_gaussians=300, resolution=16, sh_degree=1))
+    rgb, alpha = render_gaussians(g, distillation_cameras(3, 20), torch.ones(3))
+    assert rgb.shape == (3, 20, 20, 3) and alpha.shape == (3, 20, 20, 1)
+    (args,) = calls
+    n = len(g)
+    assert args["means"].shape == (n, 3) and args["quats"].shape == (n, 4) and args["scales"].shape == (n, 3)
+    assert args["opacities"].shape == (n,) and args["colors"].shape == (n, 4, 3) and args["sh_degree"] == 1
+    assert args["viewmats"].shape == (3, 4, 4) and args["Ks"].shape == (3, 3, 3)
+    assert args["backgrounds"].shape == (3, 3) and (args["width"], args["height"]) == (20, 20)
+    assert (args["scales"] > 0).all() and ((args["opacities"] > 0) & (args["opacities"] < 1)).all()
+    torch.testing.assert_close(args["quats"].norm(dim=-1), torch.ones(n))
