@@ -65,3 +65,17 @@ def test_bad_splat_options_exit_2(inputs, tmp_path, capsys, change, message):  #
     assert code == 2
     assert message in capsys.readouterr().out.replace("\n", " ")
     assert not (tmp_path / "o").exists()
+
+
+def test_splat_only_from_the_command_line(tiny_run, inputs, tmp_path):  # noqa: F811
+    import tyro
+
+    out = tmp_path / "recon"
+    args = [str(inputs["rgba"]), "--load-config", str(tiny_run), "--output-dir", str(out), "--formats", "splat",
+            "--splat-count", "500", "--resolution", "32", "--turntable-frames", "0"]  # fmt: skip
+    config = tyro.cli(ReconstructConfig, args=args)
+    assert config.output.formats == ("splat",) and config.output.splat_count == 500
+    assert main(config) == 0
+    folder = out / inputs["rgba"].stem
+    assert not list(folder.glob("mesh.*"))
+    assert 0 < len(read_gaussians_ply(folder / "gaussians.ply")) <= 500
