@@ -405,7 +405,8 @@ def reconstruct_source(
 
     Raises:
         NoSurfaceError: the density field has no surface to mesh (at `options.iso_level`, if fixed).
-        EmptyReconstructionError: `splat` asked for, and every Gaussian came out transparent.
+
+    With `splat` asked for and every Gaussian transparent, no gaussians.ply is written and `splat` holds the error.
     """
     timings = {} if timings is None else timings
     model, device = loaded.model, loaded.device
@@ -422,8 +423,11 @@ def reconstruct_source(
     splat_report = None
     if "splat" in options.formats:
         with _stage(timings, "splat", device):
-            splat_files, splat_report = splat_stage(model, triplanes, mesh, options, out_dir, background)
-        files.update(splat_files)
+            try:
+                splat_files, splat_report = splat_stage(model, triplanes, mesh, options, out_dir, background)
+                files.update(splat_files)
+            except EmptyReconstructionError as err:  # the mesh and the rest are still worth writing
+                splat_report = {"error": str(err)}
     with _stage(timings, "write", device):
         mesh_formats = tuple(fmt for fmt in dict.fromkeys(options.formats) if fmt != "splat")
         if mesh_formats:
@@ -602,10 +606,6 @@ def main(config: ReconstructConfig) -> int:
             failed[str(path)] = f"{path}: {err}"
             _error(f"{path}: {err} (try another --iso-level)")
             continue
-        except EmptyReconstructionError as err:
-            failed[str(path)] = f"{path}: {err}"
-            _error(f"{path}: {err} (no gaussians.ply written)")
-            continue
         rows[out_dir.name] = rec.timings
         results[out_dir.name] = {
             "input": str(path),
@@ -615,6 +615,9 @@ def main(config: ReconstructConfig) -> int:
         }
         if rec.splat is not None:
             results[out_dir.name]["splat"] = rec.splat
+            if "error" in rec.splat:  # the other files are written; the image still counts as failed
+                failed[str(path)] = f"{path}: {rec.splat['error']}"
+                _error(f"{path}: {rec.splat['error']} (no gaussians.ply written; the other files are)")
         CONSOLE.print(
             f"{path} -> {out_dir} ({rec.num_vertices} vertices, iso-level {rec.iso_level:.3g})", highlight=False
         )

@@ -251,7 +251,9 @@ def gaussians_from_field(
     kept = gaussians.select(alpha >= MIN_OPACITY)
     if len(kept) == 0:
         raise EmptyReconstructionError(
-            f"empty reconstruction: all {len(gaussians)} Gaussians are below 1/255 opacity (the field is too thin)"
+            f"empty reconstruction: all {len(gaussians)} Gaussians are below 1/255 opacity (the field's density "
+            f"near its surface is too low: at most {float(alpha.max()):.2g} alpha over a Gaussian; an undertrained "
+            "model's fog)"
         )
     return kept
 

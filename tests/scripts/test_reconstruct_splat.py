@@ -79,3 +79,22 @@ def test_splat_only_from_the_command_line(tiny_run, inputs, tmp_path):  # noqa: 
     folder = out / inputs["rgba"].stem
     assert not list(folder.glob("mesh.*"))
     assert 0 < len(read_gaussians_ply(folder / "gaussians.ply")) <= 500
+
+
+def test_a_transparent_splat_fails_the_image_but_keeps_the_mesh(tiny_run, inputs, tmp_path, capsys, monkeypatch):  # noqa: F811
+    from lrm_nerfstudio.scripts import reconstruct
+    from lrm_nerfstudio.splat.gaussians import EmptyReconstructionError
+
+    def transparent(*args, **kwargs):
+        raise EmptyReconstructionError("empty reconstruction: all 10 Gaussians are below 1/255 opacity")
+
+    monkeypatch.setattr(reconstruct, "splat_stage", transparent)
+    out = tmp_path / "recon"
+    options = replace(SMALL, formats=("ply", "splat"), turntable_frames=0)
+    assert main(ReconstructConfig(images=[inputs["rgba"]], load_config=tiny_run, output_dir=out, output=options)) == 1
+    printed = capsys.readouterr().out.replace("\n", " ")
+    assert str(inputs["rgba"]) in printed and "below 1/255 opacity" in printed and "no gaussians.ply" in printed
+    folder = out / inputs["rgba"].stem
+    assert (folder / "mesh.ply").is_file() and not (folder / "gaussians.ply").exists()
+    report = json.loads((out / "timings.json").read_text())
+    assert "below 1/255" in report["images"][folder.name]["splat"]["error"] and str(inputs["rgba"]) in report["failed"]

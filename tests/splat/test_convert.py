@@ -126,6 +126,12 @@ def test_empty_field_is_an_empty_reconstruction():
             gaussians_from_field(empty, config)
 
 
+def test_a_faint_field_gives_no_gaussians_rather_than_invisible_ones():
+    faint = sphere_rgb_density(CENTRE, RADIUS, density=0.005)
+    with pytest.raises(EmptyReconstructionError, match="below 1/255 opacity"):
+        gaussians_from_field(faint, SplatConversionConfig(num_gaussians=2000, resolution=32))
+
+
 def test_count_must_be_positive():
     for count in (0, -5):
         with pytest.raises(ValueError, match="number of Gaussians must be > 0"):
