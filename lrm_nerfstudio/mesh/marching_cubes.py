@@ -663,31 +663,47 @@ Z_UP_TO_Y_UP = np.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0], [0, 0, 0, 1]
 """(x, y, z) -> (x, z, -y): the project's +Z-up world to glTF's +Y-up; the object's front (-Y) becomes +Z."""
 
 
-def save_mesh(mesh: trimesh.Trimesh, out_dir: str | Path, stem: str, *, glb_y_up: bool = True) -> dict[str, Path]:
-    """Write `mesh` as GLB, OBJ (vertex colours as `v x y z r g b`) and PLY, each atomically.
+def save_mesh(
+    mesh: trimesh.Trimesh,
+    out_dir: str | Path,
+    stem: str,
+    formats: tuple[str, ...] = ("glb", "obj", "ply"),
+    *,
+    glb_y_up: bool = True,
+) -> dict[str, Path]:
+    """Write `mesh` as GLB, OBJ (vertex colours as `v x y z r g b`) and PLY (or those of `formats`), each atomically.
 
     Args:
         mesh: the mesh (world coordinates, +Z up).
         out_dir: folder, created if missing.
         stem: file name without extension.
+        formats: which of "glb", "obj", "ply" to write.
         glb_y_up: rotate the GLB copy to glTF's mandated +Y-up frame so viewers show it upright. OBJ and PLY keep
             the project's +Z-up world coordinates (use those for metrics against ground truth).
 
     Returns:
-        {"glb": path, "obj": path, "ply": path}.
+        {"glb": path, "obj": path, "ply": path} (the formats written).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if not stem or "/" in stem or os.sep in stem:
         raise ValueError(f"save_mesh: stem must be a plain file name, got {stem!r}")
-    glb_mesh = mesh.copy()
-    if glb_y_up:
-        glb_mesh.apply_transform(Z_UP_TO_Y_UP)
-    payloads = {
-        "glb": glb_mesh.export(file_type="glb"),
-        "obj": mesh.export(file_type="obj", include_color=True, include_normals=True),
-        "ply": mesh.export(file_type="ply"),
+    unknown = set(formats) - {"glb", "obj", "ply"}
+    if unknown:
+        raise ValueError(f"save_mesh: unknown mesh formats {sorted(unknown)}; use glb, obj, ply")
+
+    def glb() -> bytes:
+        glb_mesh = mesh.copy()
+        if glb_y_up:
+            glb_mesh.apply_transform(Z_UP_TO_Y_UP)
+        return glb_mesh.export(file_type="glb")
+
+    exporters = {
+        "glb": glb,
+        "obj": lambda: mesh.export(file_type="obj", include_color=True, include_normals=True),
+        "ply": lambda: mesh.export(file_type="ply"),
     }
+    payloads = {fmt: exporters[fmt]() for fmt in dict.fromkeys(formats)}
     paths = {}
     for fmt, data in payloads.items():
         path = out / f"{stem}.{fmt}"

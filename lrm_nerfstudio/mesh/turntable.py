@@ -49,8 +49,27 @@ def turntable_cameras(
             f"turntable_cameras: need distance, focal, resolution > 0, got {distance}, {focal}, {resolution}"
         )
     azimuths = start_azimuth_deg + 360.0 * np.arange(num_frames) / num_frames
-    c2w = np.stack([look_at(spherical_eye(distance, az, elevation_deg)) for az in azimuths])
-    ones = torch.ones(num_frames, 1)
+    return orbit_cameras(azimuths, np.full(num_frames, elevation_deg), distance, focal, resolution)
+
+
+def orbit_cameras(
+    azimuths_deg: np.ndarray,
+    elevations_deg: np.ndarray,
+    distance: float = CANONICAL_DISTANCE,
+    focal: float = CANONICAL_FOCAL,
+    resolution: int = 256,
+) -> Cameras:
+    """Perspective cameras at the given azimuths and elevations (degrees), looking at the origin.
+
+    Returns:
+        nerfstudio `Cameras` of shape [len(azimuths_deg)], OpenGL camera-to-world, square images of `resolution`
+        pixels, fx = fy = focal * resolution, principal point at the image centre.
+    """
+    if len(azimuths_deg) != len(elevations_deg) or len(azimuths_deg) < 1:
+        raise ValueError(f"orbit_cameras: need as many azimuths as elevations (>= 1), got "
+                         f"{len(azimuths_deg)} and {len(elevations_deg)}")  # fmt: skip
+    c2w = np.stack([look_at(spherical_eye(distance, az, el)) for az, el in zip(azimuths_deg, elevations_deg)])
+    ones = torch.ones(len(c2w), 1)
     return Cameras(
         camera_to_worlds=torch.from_numpy(c2w).float(),
         fx=focal * resolution * ones,

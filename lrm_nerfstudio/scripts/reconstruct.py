@@ -7,11 +7,14 @@ Per image, in `OUTPUT_DIR/<image stem>/`:
     source.png                     the preprocessed source image the model saw
     input.<ext>                    a copy of the input file
     config.yml                     opens exactly this reconstruction: `ns-viewer --load-config`, `ns-export ...`
+    gaussians.ply                  with `--formats ... splat`: 3D Gaussians in the standard 3DGS layout
+    turntable_splat.gif            with splat, where gsplat has CUDA: the Gaussians' turntable
 and `OUTPUT_DIR/timings.json` with the per-stage timings (also printed as a table).
 
 Examples:
     lrm-reconstruct photo.png chair.jpg --load-config outputs/ds/lrm-tiny/2024-01-01_000000/config.yml
     lrm-reconstruct photo.png --weights lrm-tiny.safetensors --output-dir recon --resolution 512
+    lrm-reconstruct photo.png --weights lrm-tiny.safetensors --formats glb splat --splat-refine-steps 500
 """
 
 from __future__ import annotations
@@ -26,13 +29,14 @@ from contextlib import contextmanager
 from copy import deepcopy
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 import tyro
 import yaml
 from jaxtyping import Float
+from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 from PIL import Image
@@ -53,8 +57,13 @@ from lrm_nerfstudio.scripts.export_weights import (
     model_state_from_checkpoint,
     read_trainer_config,
 )
+from lrm_nerfstudio.splat.convert import SplatConversionConfig, gaussians_from_triplane
+from lrm_nerfstudio.splat.gaussians import EmptyReconstructionError
+from lrm_nerfstudio.splat.ply import write_gaussians_ply
+from lrm_nerfstudio.splat.refine import SplatRefineConfig, distillation_cameras, refine_gaussians
+from lrm_nerfstudio.splat.render import gsplat_unavailable_reason, render_frames
 
-STAGES = ("preprocess", "encode", "decode", "mesh", "turntable", "write")
+STAGES = ("preprocess", "encode", "decode", "mesh", "turntable", "splat", "write")
 """Per-image stages, in order (the model is loaded once, stage "load")."""
 
 
@@ -154,6 +163,18 @@ class OutputOptions:
     """Frames per second of the turntable."""
     video: bool = True
     """Write the turntable as MP4 when imageio-ffmpeg is installed (GIF otherwise)."""
+    formats: tuple[Literal["glb", "obj", "ply", "splat"], ...] = ("glb", "obj", "ply")
+    """What to write: the mesh as GLB / OBJ / PLY, and `splat`: 3D Gaussians as gaussians.ply (3DGS layout)."""
+    splat_count: int = 100_000
+    """Number of Gaussians of `splat` (1 M works: the field is queried in chunks)."""
+    splat_placement: Literal["surface", "density"] = "surface"
+    """Where the Gaussians go: samples of the mesh surface, or of the field's rendering weights."""
+    splat_sh_degree: int = 0
+    """Spherical-harmonic degree of gaussians.ply (0-3; higher bands start at zero and are refined on CUDA)."""
+    splat_refine_steps: int = 0
+    """Optimise the Gaussians with gsplat for this many steps against NeRF renders of orbit views (CUDA only)."""
+    splat_refine_views: int = 32
+    """Orbit views rendered by the NeRF as refinement targets (a quarter as many more are held out)."""
 
 
 @contextmanager
@@ -189,6 +210,14 @@ def render_turntable(
     cameras = turntable_cameras(
         options.turntable_frames, resolution=options.turntable_resolution, elevation_deg=options.turntable_elevation
     )
+    return render_nerf_views(model, triplanes, cameras, background)
+
+
+@torch.no_grad()
+def render_nerf_views(
+    model: LRMModel, triplanes: Float[Tensor, "1 3 C R R"], cameras: Cameras, background: Tensor
+) -> list[np.ndarray]:
+    """Frames [H, W, 3] in [0, 1] of `cameras`, volume-rendered from the triplane (chunked rays, colour only)."""
     chunk = model.config.eval_num_rays_per_chunk
     frames = []
     for i in range(len(cameras)):
@@ -245,6 +274,79 @@ def extract_colored_mesh(model: LRMModel, triplanes: Float[Tensor, "1 3 C R R"],
     return result
 
 
+def splat_stage(
+    model: LRMModel,
+    triplanes: Float[Tensor, "1 3 C R R"],
+    mesh,
+    options: OutputOptions,
+    out_dir: Path,
+    background: Float[Tensor, "3"],
+) -> tuple[dict[str, Path], dict[str, Any]]:
+    """The reconstruction as 3D Gaussians: convert, refine against the NeRF and render a turntable with gsplat where
+    it has CUDA, and write `gaussians.ply`.
+
+    Returns:
+        The files written and a report (count, placement and, when refined, PSNR against the NeRF before / after).
+
+    Raises:
+        EmptyReconstructionError: every Gaussian came out transparent.
+    """
+    conversion = SplatConversionConfig(
+        num_gaussians=options.splat_count,
+        placement=options.splat_placement,
+        sh_degree=options.splat_sh_degree,
+        resolution=options.resolution,
+        iso_level=options.iso_level,
+        chunk_size=min(options.chunk_size, 2**16),
+    )
+    gaussians = gaussians_from_triplane(
+        model.field, triplanes, conversion, mesh=mesh if options.splat_placement == "surface" else None
+    )
+    report: dict[str, Any] = {"num_gaussians": len(gaussians), "placement": options.splat_placement,
+                              "sh_degree": options.splat_sh_degree}  # fmt: skip
+    files: dict[str, Path] = {}
+    reason = gsplat_unavailable_reason(model.device)
+    if reason is not None:
+        if options.splat_refine_steps > 0:
+            report["refine"] = {"skipped": reason}
+    else:
+        if options.splat_refine_steps > 0:
+            side = options.turntable_resolution
+            train, held = (distillation_cameras(options.splat_refine_views, side, heldout=h) for h in (False, True))
+            as_images = lambda cams: torch.from_numpy(np.stack(render_nerf_views(model, triplanes, cams, background)))
+            result = refine_gaussians(
+                gaussians,
+                train,
+                as_images(train),
+                background,
+                SplatRefineConfig(steps=options.splat_refine_steps, num_views=options.splat_refine_views),
+                heldout=(held, as_images(held)),
+            )
+            gaussians = result.gaussians
+            report["refine"] = {
+                "steps": options.splat_refine_steps,
+                "views": options.splat_refine_views,
+                "psnr_vs_nerf_before": result.psnr_before,
+                "psnr_vs_nerf_after": result.psnr_after,
+                "heldout_psnr_vs_nerf_before": result.heldout_psnr_before,
+                "heldout_psnr_vs_nerf_after": result.heldout_psnr_after,
+                "seconds": result.seconds,
+            }
+        if options.turntable_frames > 0:
+            cameras = turntable_cameras(
+                options.turntable_frames,
+                resolution=options.turntable_resolution,
+                elevation_deg=options.turntable_elevation,
+            )
+            suffix = ".mp4" if options.video and ffmpeg_available() else ".gif"
+            frames = render_frames(gaussians, cameras, background)
+            files["turntable_splat"] = write_turntable(
+                frames, out_dir / f"turntable_splat{suffix}", fps=options.turntable_fps
+            )
+    files["splat"] = write_gaussians_ply(out_dir / "gaussians.ply", gaussians)
+    return files, report
+
+
 def background_of(config: TrainerConfig) -> tuple[float, float, float]:
     """The background colour the run evaluates and displays on (datamanager.eval_background)."""
     return (0.0, 0.0, 0.0) if config.pipeline.datamanager.eval_background == "black" else (1.0, 1.0, 1.0)
@@ -287,6 +389,7 @@ class Reconstruction:
     timings: dict[str, float]
     iso_level: float
     num_vertices: int
+    splat: dict[str, Any] | None = None
 
 
 def reconstruct_source(
@@ -303,6 +406,8 @@ def reconstruct_source(
 
     Raises:
         NoSurfaceError: the density field has no surface to mesh (at `options.iso_level`, if fixed).
+
+    With `splat` asked for and every Gaussian transparent, no gaussians.ply is written and `splat` holds the error.
     """
     timings = {} if timings is None else timings
     model, device = loaded.model, loaded.device
@@ -311,12 +416,23 @@ def reconstruct_source(
     with _stage(timings, "mesh", device):
         mesh = extract_colored_mesh(model, triplanes, options)
     frames: list[np.ndarray] = []
+    background = torch.tensor(background_of(loaded.config))
     if options.turntable_frames > 0:
         with _stage(timings, "turntable", device):
-            background = torch.tensor(background_of(loaded.config))
             frames = render_turntable(model, triplanes, options, background)
+    files: dict[str, Path] = {}
+    splat_report = None
+    if "splat" in options.formats:
+        with _stage(timings, "splat", device):
+            try:
+                splat_files, splat_report = splat_stage(model, triplanes, mesh, options, out_dir, background)
+                files.update(splat_files)
+            except EmptyReconstructionError as err:  # the mesh and the rest are still worth writing
+                splat_report = {"error": str(err)}
     with _stage(timings, "write", device):
-        files = {f"mesh_{fmt}": path for fmt, path in save_mesh(mesh, out_dir, "mesh").items()}
+        mesh_formats = tuple(fmt for fmt in dict.fromkeys(options.formats) if fmt != "splat")
+        if mesh_formats:
+            files |= {f"mesh_{fmt}": path for fmt, path in save_mesh(mesh, out_dir, "mesh", mesh_formats).items()}
         if frames:
             suffix = ".mp4" if options.video and ffmpeg_available() else ".gif"
             files["turntable"] = write_turntable(frames, out_dir / f"turntable{suffix}", fps=options.turntable_fps)
@@ -332,7 +448,9 @@ def reconstruct_source(
             files["config"] = out_dir / "config.yml"
             files["config"].write_text(yaml.dump(config), encoding="utf8")
     timings["total"] = sum(timings.get(stage, 0.0) for stage in STAGES)
-    return Reconstruction(name, out_dir, files, timings, float(mesh.metadata["iso_level"]), len(mesh.vertices))
+    return Reconstruction(
+        name, out_dir, files, timings, float(mesh.metadata["iso_level"]), len(mesh.vertices), splat_report
+    )
 
 
 def reconstruct_file(
@@ -426,8 +544,27 @@ def _error(message: str) -> None:
     CONSOLE.print(f"[bold red]error:[/bold red] {message}", soft_wrap=True, highlight=False)
 
 
+def check_output_options(options: OutputOptions) -> str | None:
+    """None when the output options can be met, else what is wrong with them (one sentence)."""
+    if not options.formats:
+        return "--formats: give at least one of glb, obj, ply, splat"
+    if options.splat_count <= 0:
+        return f"--splat-count must be > 0, got {options.splat_count}"
+    if not 0 <= options.splat_sh_degree <= 3:
+        return f"--splat-sh-degree must be 0..3, got {options.splat_sh_degree}"
+    if options.splat_refine_steps < 0 or options.splat_refine_views < 1:
+        return "--splat-refine-steps must be >= 0 and --splat-refine-views >= 1"
+    if options.splat_refine_steps > 0 and "splat" not in options.formats:
+        return "--splat-refine-steps refines Gaussians: add splat to --formats"
+    return None
+
+
 def main(config: ReconstructConfig) -> int:
-    """Run `lrm-reconstruct`; returns the exit code: 0 all done, 1 some image failed, 2 bad model/config."""
+    """Run `lrm-reconstruct`; returns the exit code: 0 all done, 1 some image failed, 2 bad model/config/options."""
+    problem = check_output_options(config.output)
+    if problem is not None:
+        _error(problem)
+        return 2
     start = time.perf_counter()
     try:
         loaded = load_model(config.load_config, config.weights, config.device)
@@ -444,6 +581,15 @@ def main(config: ReconstructConfig) -> int:
         soft_wrap=True,
         highlight=False,
     )
+    if "splat" in config.output.formats and config.output.splat_refine_steps > 0:
+        reason = gsplat_unavailable_reason(loaded.device)
+        if reason is not None:
+            CONSOLE.print(
+                f"[yellow]--splat-refine-steps {config.output.splat_refine_steps}: refinement needs gsplat on CUDA "
+                f"({reason}); gaussians.ply is written unrefined and the turntable stays the NeRF render[/yellow]",
+                soft_wrap=True,
+                highlight=False,
+            )
     rows: dict[str, dict[str, float]] = {}
     failed: dict[str, str] = {}
     results: dict[str, dict] = {}
@@ -469,6 +615,11 @@ def main(config: ReconstructConfig) -> int:
             "iso_level": rec.iso_level,
             "num_vertices": rec.num_vertices,
         }
+        if rec.splat is not None:
+            results[out_dir.name]["splat"] = rec.splat
+            if "error" in rec.splat:  # the other files are written; the image still counts as failed
+                failed[str(path)] = f"{path}: {rec.splat['error']}"
+                _error(f"{path}: {rec.splat['error']} (no gaussians.ply written; the other files are)")
         CONSOLE.print(
             f"{path} -> {out_dir} ({rec.num_vertices} vertices, iso-level {rec.iso_level:.3g})", highlight=False
         )
