@@ -286,12 +286,12 @@ def evaluate_object(
         if ellipsoid is not None:
             geometry["ellipsoid"] = geometry_by_alignment(ellipsoid, gt_mesh, config.num_samples, config.seed)
     timings["geometry"] = time.perf_counter() - start
-    if "model" in geometry:
-        record |= {k: geometry["model"][config.align][k] for k in GEOMETRY_KEYS}
-        record["geometry"] = geometry["model"]
-    if "ellipsoid" in geometry:
-        baselines["ellipsoid"] |= {k: geometry["ellipsoid"][config.align][k] for k in GEOMETRY_KEYS}
-        baselines["ellipsoid"]["geometry"] = geometry["ellipsoid"]
+    # every object has every key: None where there is no ground-truth mesh
+    record |= {k: geometry["model"][config.align][k] if "model" in geometry else None for k in GEOMETRY_KEYS}
+    record["geometry"] = geometry.get("model")
+    baselines["ellipsoid"] |= {k: geometry["ellipsoid"][config.align][k] if "ellipsoid" in geometry else None
+                               for k in GEOMETRY_KEYS}  # fmt: skip
+    baselines["ellipsoid"]["geometry"] = geometry.get("ellipsoid")
     record["empty_mesh"] = pred_mesh is None
     record["num_triangles"] = 0 if pred_mesh is None else len(pred_mesh.faces)
     if pred_mesh is not None:
