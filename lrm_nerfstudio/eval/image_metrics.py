@@ -31,20 +31,23 @@ def view_metrics(
     true_alpha: Float[Tensor, "H W 1"],
     perceptual: PerceptualLoss | None = None,
 ) -> dict[str, float | None]:
-    """Metrics of one view; both images composited on the same background, values in [0, 1].
+    """Metrics of one view; both images composited on the same background, values in [0, 1]. Computed on the
+    device of `perceptual` when it is available, else on the prediction's.
 
     Returns:
         {"psnr", "ssim", "lpips" (only when `perceptual` is available), "masked_psnr" (None when neither mask has a
         pixel), "mask_iou" (1 when both masks are empty)}.
     """
-    pred = pred_rgb.clamp(0, 1).float()
-    true = true_rgb.to(pred.device).float()
+    device = next(perceptual.parameters()).device if perceptual is not None and perceptual.available else None
+    device = device or pred_rgb.device
+    pred = pred_rgb.to(device).clamp(0, 1).float()
+    true = true_rgb.to(device).float()
     squared = (pred - true) ** 2
     out: dict[str, float | None] = {"psnr": _psnr(squared)}
     pred_nchw, true_nchw = pred.permute(2, 0, 1)[None], true.permute(2, 0, 1)[None]
     out["ssim"] = float(structural_similarity_index_measure(pred_nchw, true_nchw, data_range=1.0))
     if perceptual is not None and perceptual.available:
-        lpips = perceptual(pred_nchw, true_nchw)  # on the images' device: the caller moves `perceptual` there
+        lpips = perceptual(pred_nchw, true_nchw)
         if lpips is not None:
             out["lpips"] = float(lpips)
     pred_mask = pred_alpha[..., 0].to(pred.device) > MASK_THRESHOLD

@@ -81,9 +81,7 @@ class PerceptualLoss(nn.Module):
             self.lpips.eval()
         return self
 
-    def forward(
-        self, pred: Float[Tensor, "P 3 h w"], target: Float[Tensor, "P 3 h w"]
-    ) -> Float[Tensor, ""] | None:
+    def forward(self, pred: Float[Tensor, "P 3 h w"], target: Float[Tensor, "P 3 h w"]) -> Float[Tensor, ""] | None:
         """Mean LPIPS over patches with values in [0, 1]; None when LPIPS is unavailable."""
         if self.lpips is None:
             return None

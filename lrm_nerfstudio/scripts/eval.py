@@ -71,6 +71,7 @@ from lrm_nerfstudio.scripts.export_weights import ModelLoadError
 from lrm_nerfstudio.scripts.reconstruct import (
     LoadedModel,
     OutputOptions,
+    background_of,
     encode_decode,
     extract_colored_mesh,
     load_model,
@@ -151,10 +152,6 @@ def open_dataset(loaded: LoadedModel, config: EvalConfig) -> tuple[LRMDataManage
     return dm, list(ids[: config.max_objects] if config.max_objects is not None else ids)
 
 
-def _background(dm: LRMDataManager) -> np.ndarray:
-    return dm._eval_bg().astype(np.float32)
-
-
 # ----------------------------------------------------------------------------------------------------- one object
 @contextmanager
 def _timed(timings: dict[str, float], name: str, device: torch.device) -> Iterator[None]:
@@ -208,7 +205,7 @@ def evaluate_object(
     out_dir = config.output_dir / object_id
     notes: list[str] = []
     timings: dict[str, float] = {}
-    bg = _background(dm)
+    bg = np.asarray(background_of(loaded.config), dtype=np.float32)
     obj: ObjectViews = dm.dataparser.load_object(object_id)
     image, camera = dm.objects.source(obj, 0, bg)
     source_rgba = dm.objects.load_view(obj, 0)
@@ -387,6 +384,13 @@ def alignment_summary(objects: list[dict[str, Any]]) -> dict[str, dict[str, dict
 
 def main(config: EvalConfig) -> int:
     """Run `lrm-eval`; returns the exit status (module docstring)."""
+    limits = {"mesh_resolution": 2, "num_samples": 1, "report_views": 1, "max_objects": 1, "views_per_object": 1,
+              "eval_resolution": 4}  # fmt: skip
+    for name, least in limits.items():
+        value = getattr(config, name)
+        if value is not None and value < least:
+            CONSOLE.print(f"[bold red]lrm-eval: --{name.replace('_', '-')} must be at least {least}, got {value}")
+            return 2
     try:
         loaded = load_model(config.load_config, config.weights, config.device)
         dm, ids = open_dataset(loaded, config)
@@ -441,7 +445,7 @@ def main(config: EvalConfig) -> int:
         "fscore_thresholds": [0.05, 0.1, 0.2],
         "distance": "point-to-surface (open3d), mean of the two directed means",
         "lpips": "on (VGG)" if perceptual.available else f"off: {perceptual.unavailable_reason}",
-        "background": [float(c) for c in _background(dm)],
+        "background": list(background_of(loaded.config)),
         "device": str(loaded.device),
         "failed": failed,
     }

@@ -181,3 +181,6 @@ def test_eval_refuses_missing_or_empty_split_and_bad_model(trained_run, procedur
     )
     assert main(EvalConfig(data=procedural_dataset, output_dir=tmp_path / "e")) == 2
     assert "exactly one of --load-config" in " ".join(capsys.readouterr().out.split())
+    config = EvalConfig(load_config=trained_run, data=procedural_dataset, output_dir=tmp_path / "f", mesh_resolution=1)
+    assert main(config) == 2
+    assert "--mesh-resolution must be at least 2" in capsys.readouterr().out
