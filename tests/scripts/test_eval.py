@@ -16,6 +16,8 @@ from PIL import Image
 
 from lrm_nerfstudio.data.shards import PackShardsConfig, pack_shards
 from lrm_nerfstudio.scripts.eval import EvalConfig, main
+from lrm_nerfstudio.scripts.export_weights import ExportWeightsConfig
+from lrm_nerfstudio.scripts.export_weights import main as export_weights
 
 FAST = {"mesh_resolution": 32, "views_per_object": 3, "num_samples": 2000, "report_views": 2}
 
@@ -106,6 +108,19 @@ def test_eval_end_to_end_folder_and_shards(trained_run, procedural_dataset, tmp_
             assert image.size[0] > 0
     assert not list(out.rglob("*.tmp"))  # every file written atomically, no temporaries left
 
+    # the same model as an lrm-export-weights file: the same numbers
+    weights = tmp_path / "model.safetensors"
+    export_weights(ExportWeightsConfig(load_config=trained_run, output=weights))
+    out_w = tmp_path / "eval-weights"
+    assert (
+        main(
+            EvalConfig(weights=weights, data=procedural_dataset, output_dir=out_w, split="val", pictures=False, **FAST)
+        )
+        == 0
+    )
+    (obj_w,) = json.loads((out_w / "metrics.json").read_text())["objects"]
+    assert obj_w["psnr"] == pytest.approx(obj["psnr"], rel=1e-6) and "pictures" not in obj_w
+
     # the same objects packed into tar shards: ground-truth meshes are read from the shard, same numbers
     shards = pack_shards(PackShardsConfig(dataset=procedural_dataset, output=tmp_path / "shards", num_shards=2))
     out2 = tmp_path / "eval-shards"
@@ -117,9 +132,11 @@ def test_eval_end_to_end_folder_and_shards(trained_run, procedural_dataset, tmp_
 
 
 def test_eval_bad_objects_are_notes_and_nothing_else_is_lost(trained_run, procedural_dataset, tmp_path):
-    ids = json.loads((procedural_dataset / "dataset.json").read_text())["splits"]["train"][:4]
-    outside, no_mesh, missing, corrupt = ids
+    ids = json.loads((procedural_dataset / "dataset.json").read_text())["splits"]["train"][:5]
+    outside, no_mesh, missing, corrupt, unreadable = ids
     data = _copy_objects(procedural_dataset, tmp_path / "ds", ids)
+    image = data / unreadable / "images" / "002.png"
+    image.write_bytes(image.read_bytes()[:200])  # the header still reads (setup passes); the pixels do not
     transforms = data / no_mesh / "transforms.json"
     meta = json.loads(transforms.read_text())
     del meta["mesh_path"]
@@ -130,9 +147,12 @@ def test_eval_bad_objects_are_notes_and_nothing_else_is_lost(trained_run, proced
     big.apply_scale(3.0).export(data / outside / "mesh.ply")
 
     out = tmp_path / "eval"
-    assert main(EvalConfig(load_config=trained_run, data=data, output_dir=out, **FAST)) == 0
-    objects = {o["id"]: o for o in json.loads((out / "metrics.json").read_text())["objects"]}
-    assert set(objects) == set(ids)
+    assert main(EvalConfig(load_config=trained_run, data=data, output_dir=out, **FAST)) == 1  # one object unreadable
+    result = json.loads((out / "metrics.json").read_text())
+    assert list(result["settings"]["failed"]) == [unreadable] and "002.png" in result["settings"]["failed"][unreadable]
+    assert result["summary"]["num_failed"] == 1
+    objects = {o["id"]: o for o in result["objects"]}
+    assert set(objects) == set(ids) - {unreadable}
     for o in objects.values():  # rendering is scored for every object, whatever happened to its mesh
         assert math.isfinite(o["psnr"]) and math.isfinite(o["baselines"]["ellipsoid"]["psnr"])
     assert "no mesh_path" in " ".join(objects[no_mesh]["notes"]) and objects[no_mesh]["chamfer_l1"] is None
@@ -142,7 +162,7 @@ def test_eval_bad_objects_are_notes_and_nothing_else_is_lost(trained_run, proced
     assert "outside the [-1, 1]³ box" in " ".join(objects[outside]["notes"])
     assert objects[outside]["chamfer_l1"] is not None  # still scored (box and search alignments are meaningful)
     report = (out / "report.md").read_text()
-    for oid in ids:
+    for oid in ids[:4]:
         assert f"`{oid}`" in report
     assert "note: no ground-truth mesh" in report
 
