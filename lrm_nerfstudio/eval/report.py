@@ -35,11 +35,10 @@ LABELS = {"psnr": "PSNR ↑", "ssim": "SSIM ↑", "lpips": "LPIPS ↓", "masked_
           "mask_iou": "mask IoU ↑", "chamfer_l1": "Chamfer-L1 ↓", "normal_consistency": "normal cons. ↑"}  # fmt: skip
 
 
-def label(key: str) -> str:
-    """Column heading of a metric."""
-    if key.startswith("fscore@"):
-        return f"F@{key.split('@')[1]} ↑"
-    return LABELS.get(key, key)
+def label(key: str, arrow: bool = True) -> str:
+    """Column heading of a metric (with the arrow saying which way is better, unless `arrow` is off)."""
+    text = f"F@{key.split('@')[1]} ↑" if key.startswith("fscore@") else LABELS.get(key, key)
+    return text if arrow else text.rstrip(" ↑↓")
 
 
 # ------------------------------------------------------------------------------------------------------ writing
@@ -229,11 +228,11 @@ def report_markdown(
     lines.append(
         "| " + " | ".join(_fmt(summary.get(k), 3) for k in TIME_KEYS) + f" | {_fmt(summary.get('num_triangles'), 0)} |"
     )
-    lines += ["", "## Objects, worst first", ""]
+    lines += ["", "## Objects, worst first", "", f"By F@0.1 under alignment `{settings['align']}`, then by PSNR.", ""]
     for rank, o in enumerate(rank_worst_first(objects), start=1):
         ell = o.get("baselines", {}).get("ellipsoid", {})
         head = ", ".join(
-            f"{label(k).split(' ')[0]} {_fmt(o.get(k), _digits(k))} (ellipsoid {_fmt(ell.get(k), _digits(k))})"
+            f"{label(k, arrow=False)} {_fmt(o.get(k), _digits(k))} (ellipsoid {_fmt(ell.get(k), _digits(k))})"
             for k in ("fscore@0.1", "chamfer_l1", "psnr", "mask_iou")
         )
         lines += [f"### {rank}. `{o['id']}`", "", head + f"; {_fmt(o.get('num_triangles'))} triangles", ""]

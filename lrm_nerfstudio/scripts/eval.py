@@ -352,7 +352,7 @@ def _progress() -> Progress:
 
 
 def _line(o: dict[str, Any]) -> str:
-    parts = [f"{label(k).split(' ')[0]} {o[k]:.3f}" for k in ("psnr", "ssim", "mask_iou", "chamfer_l1", "fscore@0.1")
+    parts = [f"{label(k, arrow=False)} {o[k]:.3f}" for k in ("psnr", "ssim", "mask_iou", "chamfer_l1", "fscore@0.1")
              if o.get(k) is not None]  # fmt: skip
     return ", ".join(parts) + (f" ({len(o['notes'])} note(s))" if o.get("notes") else "")
 
