@@ -64,9 +64,12 @@ def write_png(path: Path, image: np.ndarray) -> None:
 
 
 def image_grid(rows: Sequence[Sequence[np.ndarray]], gap: int = 2, size: int | None = None) -> np.ndarray:
-    """Tile [H, W, 3] images into rows (white gaps); every tile is resized to the first tile's size (or `size`)."""
+    """Tile [H, W, 3] images into rows (white gaps); every tile is resized (nearest) to the first tile's size, or
+    to `size` pixels high with the first tile's aspect ratio."""
     first = rows[0][0]
-    height, width = (size, size) if size else first.shape[:2]
+    height, width = first.shape[:2]
+    if size:
+        height, width = size, max(1, round(width * size / height))
 
     def fit(image: np.ndarray) -> np.ndarray:
         if image.shape[:2] == (height, width):

@@ -259,7 +259,8 @@ def evaluate_object(
     baselines: dict[str, dict[str, Any]] = {"ellipsoid": mean_metrics(rows["ellipsoid"]) if fit is not None else {},
                                             "background": mean_metrics(rows["background"])}  # fmt: skip
     if fit is not None:
-        baselines["ellipsoid"]["semi_axes"] = [float(a) for a in fit.semi_axes]
+        baselines["ellipsoid"]["semi_axes_xyz"] = [float(a) for a in fit.world_semi_axes()]
+        baselines["ellipsoid"]["center"] = [float(c) for c in fit.center]
 
     # ---- geometry
     gt_mesh: trimesh.Trimesh | None = None

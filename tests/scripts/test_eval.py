@@ -84,6 +84,7 @@ def test_eval_end_to_end_folder_and_shards(trained_run, procedural_dataset, tmp_
     assert obj["num_triangles"] > 0 and not obj["empty_mesh"] and obj["notes"] == []
     ellipsoid, background = obj["baselines"]["ellipsoid"], obj["baselines"]["background"]
     assert ellipsoid["fscore@0.1"] is not None and ellipsoid["psnr"] is not None
+    assert len(ellipsoid["semi_axes_xyz"]) == 3 and all(0 < a <= 1.5 for a in ellipsoid["semi_axes_xyz"])
     assert background["mask_iou"] == 0.0 and background.get("chamfer_l1") is None
     assert all(math.isfinite(x) for x in _numbers(data))  # metrics.json holds finite numbers only (or null)
     assert data["summary"]["num_objects"] == 1 and data["summary"]["num_with_geometry"] == 1
