@@ -425,3 +425,38 @@ def check_image_size(obj: ObjectViews, view: int, width: int, height: int) -> No
 def object_dirs(index: DatasetIndex, ids: Sequence[str]) -> list[Path]:
     """Folders of the given object ids."""
     return [index.root / oid for oid in ids]
+
+
+# ------------------------------------------------------------------------------------------------------------ meshes
+def load_object_mesh(obj: ObjectViews):
+    """The object's ground-truth mesh (`mesh_path` of its transforms.json), from its folder or from its tar shard.
+
+    Returns:
+        A `trimesh.Trimesh` in the object's world coordinates (a scene's geometries concatenated).
+
+    Raises:
+        DatasetFormatError: no `mesh_path`, or the file is missing, unreadable, empty or has non-finite vertices.
+    """
+    import trimesh
+
+    transforms = obj.root / "transforms.json"
+    path = obj.mesh_path
+    if path is None:
+        raise _fail(transforms, "has no 'mesh_path' (no ground-truth mesh)")
+    if not _is_file(path, obj.source):
+        raise _fail(path, "mesh file does not exist", f"named by mesh_path in {transforms}")
+    file_type = path.suffix.lstrip(".").lower()
+    try:
+        if obj.source is None:
+            mesh = trimesh.load(path, file_type=file_type, force="mesh", process=False)
+        else:
+            mesh = trimesh.load(obj.source.open(path), file_type=file_type, force="mesh", process=False)
+    except DatasetFormatError:
+        raise
+    except Exception as err:  # trimesh raises many types for bad files
+        raise _fail(path, f"cannot read the mesh ({type(err).__name__}: {err})", "re-export it as PLY") from err
+    if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
+        raise _fail(path, "mesh has no triangles", "re-export it as PLY")
+    if not np.isfinite(mesh.vertices).all():
+        raise _fail(path, "mesh has non-finite vertex coordinates")
+    return mesh

@@ -176,12 +176,18 @@ def assign_splits(ids: Sequence[str], holdout_fraction: float = 0.05) -> dict[st
     return {"train": ids[: n - 2 * k], "val": ids[n - 2 * k : n - k], "test": ids[n - k :]}
 
 
-def write_dataset_json(root: Path, ids: Sequence[str], holdout_fraction: float, extra: dict[str, Any]) -> None:
-    """dataset.json, written atomically."""
+def write_dataset_json(
+    root: Path,
+    ids: Sequence[str],
+    holdout_fraction: float,
+    extra: dict[str, Any],
+    splits: dict[str, list[str]] | None = None,
+) -> None:
+    """dataset.json, written atomically; `splits` replaces the `assign_splits` ones when given."""
     meta = {
         "format": DATASET_FORMAT,
         "version": DATASET_VERSION,
-        "splits": assign_splits(ids, holdout_fraction),
+        "splits": assign_splits(ids, holdout_fraction) if splits is None else splits,
         "scene_box": SCENE_BOX,
         **extra,
     }

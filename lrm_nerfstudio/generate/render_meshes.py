@@ -4,8 +4,9 @@ Each mesh is normalised into the [-1, 1]^3 box, then rendered with its image tex
 face colours, or a default material. A mesh that cannot be used (unreadable, empty, degenerate, non-finite) is
 reported by name and skipped; the run goes on.
 
-Example:
+Examples:
     lrm-render-meshes --input my_meshes --output data/my_meshes --num-views 32 --resolution 256
+    lrm-render-meshes --input gso --output data/gso-eval --num-views 17 --orbit --all-in-split test   # for lrm-eval
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import tyro
@@ -40,6 +41,7 @@ from lrm_nerfstudio.generate.renderer import (
     MeshRenderer,
     UVTextureAlbedo,
     VertexColorAlbedo,
+    orbit_views,
     random_lighting,
     sample_views,
 )
@@ -80,6 +82,13 @@ class RenderMeshesConfig:
     """Camera distance, focal and elevation ranges."""
     lighting: LightingConfig = field(default_factory=LightingConfig)
     """Randomised lighting."""
+    orbit: bool = False
+    """Evaluation cameras instead of random ones: view 0 canonical, views 1.. evenly spaced in azimuth (no jitter)
+    on one orbit at orbit_elevation, at the canonical distance and focal (`--num-views 17`: 16 orbit views + view 0)."""
+    orbit_elevation: float = 20.0
+    """Elevation of the orbit views in degrees (with --orbit)."""
+    all_in_split: Literal["train", "val", "test"] | None = None
+    """Put every object into this split (an evaluation set: test); None: train / val / test by holdout_fraction."""
 
 
 class BadMeshError(ValueError):
@@ -179,9 +188,26 @@ def mesh_ids(paths: list[Path]) -> list[str]:
 def recorded_config(config: RenderMeshesConfig) -> dict[str, Any]:
     """Settings that change the bytes written (not input/output paths, workers or progress)."""
     record = dataclasses.asdict(config)
-    for key in ("input", "output", "workers", "progress"):
+    for key in ("input", "output", "workers", "progress", "all_in_split"):  # all_in_split changes no object
         record.pop(key)
+    if not config.orbit:  # so that datasets rendered before the option existed keep their stamp
+        record.pop("orbit")
+        record.pop("orbit_elevation")
     return json.loads(json.dumps(record))
+
+
+def orbit_record(config: RenderMeshesConfig) -> dict[str, Any]:
+    """dataset.json's `camera` entry for `--orbit` views."""
+    from lrm_nerfstudio.cameras import CANONICAL_DISTANCE, CANONICAL_FOCAL
+
+    return {
+        "distance_range": [CANONICAL_DISTANCE, CANONICAL_DISTANCE],
+        "focal_range": [CANONICAL_FOCAL, CANONICAL_FOCAL],
+        "elevation_range": sorted([0.0, config.orbit_elevation]),
+        "look_at": [0.0, 0.0, 0.0],
+        "canonical_view": 0,
+        "orbit": {"views": config.num_views - 1, "elevation": config.orbit_elevation},
+    }
 
 
 def render_one(config: RenderMeshesConfig, index: int, path: Path, oid: str, stamp: str) -> tuple[str, str | None]:
@@ -194,7 +220,10 @@ def render_one(config: RenderMeshesConfig, index: int, path: Path, oid: str, sta
         return oid, str(err) if str(err).startswith(str(path)) else f"{path}: {err}"
     rng = np.random.default_rng([config.seed, index])
     lighting = random_lighting(rng, config.lighting)
-    views = sample_views(rng, config.num_views, config.cameras)
+    if config.orbit:
+        views = orbit_views(config.num_views, config.orbit_elevation)
+    else:
+        views = sample_views(rng, config.num_views, config.cameras)
     extra = {"generator": {"name": "lrm-render-meshes", "stamp": stamp, "source": path.name, "index": index}}
     write_object_folder(
         Path(config.output), oid, renderer, views, lighting, config.resolution, colors, extra, config.png_compress_level
@@ -239,9 +268,10 @@ def main(config: RenderMeshesConfig) -> dict[str, Any]:
             good,
             config.holdout_fraction,
             {
-                "camera": config.cameras.dataset_record(),
+                "camera": orbit_record(config) if config.orbit else config.cameras.dataset_record(),
                 "generator": {"name": "lrm-render-meshes", "stamp": stamp, "config": recorded_config(config)},
             },
+            splits=None if config.all_in_split is None else {config.all_in_split: good},
         )
     summary = {
         "output": str(root),

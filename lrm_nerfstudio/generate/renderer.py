@@ -86,6 +86,18 @@ def sample_views(rng: np.random.Generator, num_views: int, cfg: CameraSamplerCon
     return views
 
 
+def orbit_views(num_views: int, elevation_deg: float = 20.0) -> list[View]:
+    """Evaluation cameras: view 0 canonical, views 1.. evenly spaced in azimuth from 0 (no jitter) on one orbit at
+    `elevation_deg`, at the canonical distance and focal."""
+    views = []
+    for i in range(num_views):
+        azimuth, elevation = (0.0, 0.0) if i == 0 else (360.0 * (i - 1) / max(1, num_views - 1), elevation_deg)
+        c2w = np.eye(4)
+        c2w[:3] = look_at(spherical_eye(CANONICAL_DISTANCE, azimuth, elevation))
+        views.append(View(c2w=c2w, focal=CANONICAL_FOCAL))
+    return views
+
+
 @dataclass
 class LightingConfig:
     """Randomised Lambertian + ambient lighting."""

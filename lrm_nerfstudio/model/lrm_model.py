@@ -368,8 +368,11 @@ class LRMModel(Model):
         return self.forward(ray_bundle)
 
     @torch.no_grad()
-    def render_camera(self, camera: Cameras, triplanes: Float[Tensor, "1 3 C R R"] | None = None) -> dict[str, Tensor]:
-        """Render one full camera view (chunked) with `triplanes`, or with the display triplane."""
+    def render_camera(
+        self, camera: Cameras, triplanes: Float[Tensor, "1 3 C R R"] | None = None, compute_normals: bool = True
+    ) -> dict[str, Tensor]:
+        """Render one full camera view (chunked) with `triplanes`, or with the display triplane (normals too unless
+        `compute_normals` is off, which saves the density-gradient pass)."""
         if triplanes is None:
             triplanes = self.display_triplanes()
         bundle = camera.generate_rays(camera_indices=0, keep_shape=True).to(self.device)
@@ -378,7 +381,7 @@ class LRMModel(Model):
         chunk = self.config.eval_num_rays_per_chunk
         pieces: dict[str, list[Tensor]] = {}
         for start in range(0, len(flat), chunk):
-            outputs = self.render_triplanes(flat[start : start + chunk], triplanes, compute_normals=True)
+            outputs = self.render_triplanes(flat[start : start + chunk], triplanes, compute_normals=compute_normals)
             for key, value in outputs.items():
                 if isinstance(value, Tensor):
                     pieces.setdefault(key, []).append(value)

@@ -136,3 +136,33 @@ def test_pack_refuses_existing_output_and_bad_count(procedural_dataset: Path, sh
         pack_shards(PackShardsConfig(dataset=procedural_dataset, output=sharded))
     with pytest.raises(ValueError, match="num_shards"):
         pack_shards(PackShardsConfig(dataset=procedural_dataset, output=sharded.parent / "x", num_shards=0))
+
+
+def test_ground_truth_mesh_reads_from_its_shard(procedural_dataset: Path, sharded: Path, tmp_path: Path):
+    import trimesh
+
+    from lrm_nerfstudio.data.dataset_format import load_object_mesh, read_dataset_json, read_object
+    from lrm_nerfstudio.data.shards import ShardIndex
+
+    oid = read_dataset_json(procedural_dataset).splits["test"][0]
+    packed = ShardIndex(read_dataset_json(sharded)).read_object(oid, check_images=False)
+    assert packed.source is not None and packed.mesh_path == packed.root / "mesh.ply"
+    want = trimesh.load(procedural_dataset / oid / "mesh.ply", process=False)
+    got = load_object_mesh(packed)
+    assert torch.equal(torch.from_numpy(got.vertices), torch.from_numpy(want.vertices))
+    assert (got.faces == want.faces).all()
+
+    folder = read_object(procedural_dataset / oid, oid, check_images=False)
+    assert (load_object_mesh(folder).vertices == want.vertices).all()
+    missing = read_object(procedural_dataset / oid, oid, check_images=False)
+    missing.mesh_path = missing.root / "nope.ply"
+    with pytest.raises(DatasetFormatError, match="nope.ply: mesh file does not exist"):
+        load_object_mesh(missing)
+    packed.mesh_path = packed.root / "nope.ply"
+    with pytest.raises(DatasetFormatError, match=r"shard-\d+\.tar/.*nope.ply: mesh file does not exist"):
+        load_object_mesh(packed)
+    corrupt = tmp_path / "mesh.ply"
+    corrupt.write_bytes(b"ply\nnot really\n")
+    folder.mesh_path = corrupt
+    with pytest.raises(DatasetFormatError, match="mesh.ply: cannot read the mesh"):
+        load_object_mesh(folder)

@@ -113,3 +113,33 @@ def test_bad_input_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no mesh files"):
         main(_config(tmp_path / "empty", tmp_path / "out"))
+
+
+def test_orbit_evaluation_set(tmp_path):
+    """--orbit: view 0 canonical, then evenly spaced azimuths on one orbit; --all-in-split test: an evaluation set."""
+    from lrm_nerfstudio.cameras import CANONICAL_DISTANCE, CANONICAL_FOCAL, canonical_c2w
+
+    src = tmp_path / "meshes"
+    src.mkdir()
+    trimesh.creation.box().export(src / "a.stl")
+    trimesh.creation.icosphere(subdivisions=1).export(src / "b.ply")
+    config = _config(src, tmp_path / "out", orbit=True, orbit_elevation=30.0, all_in_split="test")
+    config.num_views = 5
+    assert main(config)["rendered"] == 2
+    meta = json.loads((tmp_path / "out" / "a" / "transforms.json").read_text())
+    poses = np.array([f["transform_matrix"] for f in meta["frames"]])
+    assert np.allclose(poses[0, :3], canonical_c2w(), atol=1e-7)
+    eyes = poses[:, :3, 3]
+    assert np.allclose(np.linalg.norm(eyes, axis=1), CANONICAL_DISTANCE)
+    assert np.allclose(np.rad2deg(np.arcsin(eyes[1:, 2] / CANONICAL_DISTANCE)), 30.0)
+    azimuths = np.rad2deg(np.arctan2(eyes[1:, 0], -eyes[1:, 1])) % 360
+    assert np.allclose(azimuths, [0.0, 90.0, 180.0, 270.0], atol=1e-6)
+    assert all(f["fl_x"] == CANONICAL_FOCAL * 32 for f in meta["frames"])
+    ds = json.loads((tmp_path / "out" / "dataset.json").read_text())
+    assert ds["splits"] == {"test": ["a", "b"]}
+    assert ds["camera"]["orbit"] == {"views": 4, "elevation": 30.0}
+    # random views (the default) keep the stamp of datasets rendered before --orbit existed
+    from lrm_nerfstudio.generate.render_meshes import recorded_config
+
+    assert "orbit" not in recorded_config(_config(src, tmp_path / "x"))
+    assert recorded_config(config)["orbit"] is True
