@@ -202,6 +202,7 @@ lrm_openlrm_method = _finetune_method(
         source_resolution=openlrm.SOURCE_SIZES["base"],
         source_background=(1.0, 1.0, 1.0),  # OpenLRM's source images: white background, bicubic resize
         source_resize="bicubic_align_corners",
+        photo_foreground_ratio=0.8,  # OpenLRM's app recentres photos with a 0.2 border
     ),
     "OpenLRM v1.1's architecture (base; weights CC BY-NC 4.0) for fine-tuning: --pipeline.model.init-from an "
     "lrm-import-weights file of any size (its architecture is used).",

@@ -214,7 +214,11 @@ class ObjectViewsDataset(Dataset):
         mode = "bicubic_align_corners" if cfg.source_resize == "bicubic_align_corners" else "bilinear"
         if cfg.source_background is not None:
             bg = np.asarray(cfg.source_background, dtype=np.float32)
-        rgb, _ = _composite(_resize(_premultiplied(self.load_view(obj, view)), (s, s), mode), bg)
+        prem = _premultiplied(self.load_view(obj, view))
+        if mode == "bicubic_align_corners":  # OpenLRM composites first, then resizes (bicubic overshoots alpha)
+            rgb = _resize(_composite(prem, bg)[0], (s, s), mode).clamp(0, 1)
+        else:
+            rgb, _ = _composite(_resize(prem, (s, s), mode), bg)
         fx, fy, cx, cy, w, h = (torch.tensor(float(v)) for v in obj.intrinsics[view])
         cam = camera_vector(torch.from_numpy(obj.c2w[view]).float(), fx, fy, cx, cy, w, h).float()
         return rgb, cam

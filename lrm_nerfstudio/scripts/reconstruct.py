@@ -459,7 +459,7 @@ def reconstruct_file(
     out_dir: Path,
     options: OutputOptions,
     checkpoint: Path,
-    foreground_ratio: float = 0.85,
+    foreground_ratio: float | None = None,
     max_pixels: int = 4096 * 4096,
 ) -> Reconstruction:
     """Preprocess an image file (alpha, or estimated background; recentred) and reconstruct it from the canonical
@@ -471,6 +471,8 @@ def reconstruct_file(
     """
     timings: dict[str, float] = {}
     dm = loaded.config.pipeline.datamanager
+    if foreground_ratio is None:  # the model's own preset (TripoSR 0.85, OpenLRM 0.8)
+        foreground_ratio = dm.photo_foreground_ratio
     with _stage(timings, "preprocess", loaded.device):
         pre = preprocess_image(
             path,
@@ -530,8 +532,9 @@ class ReconstructConfig:
     """Weights file written by lrm-export-weights (instead of --load-config)."""
     output_dir: Path = Path("outputs/reconstructions")
     """Folder of the results: one sub-folder per image and timings.json."""
-    foreground_ratio: float = 0.85
-    """Object size / image side after recentring (as the model saw objects in training)."""
+    foreground_ratio: float | None = None
+    """Object size / image side after recentring; None: the model's preset (its datamanager's
+    photo_foreground_ratio: 0.85 for lrm, lrm-tiny and TripoSR, 0.8 for OpenLRM)."""
     max_pixels: int = 4096 * 4096
     """Larger images are refused before decoding (decompression-bomb guard)."""
     device: str | None = None

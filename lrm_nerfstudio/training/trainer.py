@@ -42,7 +42,16 @@ class LRMTrainer(Trainer):
     def _load_checkpoint(self) -> None:
         super()._load_checkpoint()
         init_from = getattr(self.pipeline.model.config, "init_from", None)
-        if init_from is None or self.config.load_dir is not None or self.config.load_checkpoint is not None:
+        if self.config.load_dir is not None or self.config.load_checkpoint is not None:
+            return
+        if init_from is None:
+            if self.config.method_name in ("lrm-triposr", "lrm-openlrm"):
+                CONSOLE.print(
+                    f"[bold yellow]{self.config.method_name}: no --pipeline.model.init-from, so the released "
+                    "architecture starts from RANDOM weights (import the released ones with lrm-import-weights)."
+                    "[/bold yellow]",
+                    soft_wrap=True,
+                )
             return
         from lrm_nerfstudio.pretrained import load_pretrained
 

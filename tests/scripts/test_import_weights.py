@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from lrm_run_helpers import run_tool, tool
 from nerfstudio.utils.eval_utils import eval_setup
 from safetensors.torch import load_file, save_file
 
 from lrm_nerfstudio.cameras import canonical_source_camera
 from lrm_nerfstudio.pretrained import from_pretrained
 from lrm_nerfstudio.scripts.export_weights import ModelLoadError, load_weights
-from lrm_nerfstudio.scripts.import_weights import ImportWeightsConfig, main
+from lrm_nerfstudio.scripts.import_weights import ImportWeightsConfig, entrypoint, main
 from lrm_nerfstudio.scripts.reconstruct import OutputOptions, ReconstructConfig
 from lrm_nerfstudio.scripts.reconstruct import main as reconstruct
 
@@ -107,11 +107,13 @@ def test_corrupt_files(tmp_path, capsys):
     assert str(folder / "config.json") in msg and "JSON" in msg
 
 
-def test_cli_exit_code_and_from_pretrained_error(tmp_path):
-    result = run_tool(
-        [tool("lrm-import-weights"), "openlrm", str(tmp_path), "--output", str(tmp_path / "x.safetensors")], expect=2
-    )
-    assert "config.json" in result.stdout
+def test_cli_exit_code_and_from_pretrained_error(tmp_path, monkeypatch, capsys):
+    # the console script's own parsing and exit code, in-process (a subprocess would only add start-up time)
+    argv = ["lrm-import-weights", "openlrm", str(tmp_path), "--output", str(tmp_path / "x.safetensors")]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        entrypoint()
+    assert exit_info.value.code == 2 and "config.json" in capsys.readouterr().out
     with pytest.raises(ModelLoadError, match="not a released model folder"):
         from_pretrained(tmp_path, device="cpu")
 

@@ -58,6 +58,7 @@ def test_finetune_imported_triposr_loss_falls_and_reloads(procedural_dataset, tm
     before = _batch_loss(pipeline, ray_bundle, batch)
     trainer.train()
     after = _batch_loss(pipeline, ray_bundle, batch)
+    print(f"fixed-batch loss before {before:.4f}, after {steps} steps {after:.4f}")
     assert after < 0.8 * before, (before, after)
 
     # the checkpoint reloads: exported through its config.yml, then from_pretrained gives the trained model
