@@ -95,9 +95,23 @@ class TriplaneField(Field):
         self, points: Float[Tensor, "B P 3"], triplanes: Float[Tensor, "B 3 C R R"]
     ) -> tuple[Float[Tensor, "B P 1"], Float[Tensor, "B P 3"], Bool[Tensor, "B P 1"]]:
         """Raw density (before bias/activation), RGB, and the inside-the-box mask."""
-        raw = self.mlp(self._features(points, triplanes))
+        raw = self.run_mlp(self._features(points, triplanes))
         inside = (points.abs() <= 1.0).all(dim=-1, keepdim=True)
         return raw[..., :1], torch.sigmoid(raw[..., 1:]), inside
+
+    def run_mlp(self, features: Float[Tensor, "*batch D"]) -> Float[Tensor, "*batch 4"]:
+        """`self.mlp(features)`; without autograd its SiLUs run in place (same values, about a quarter faster on a
+        CPU: the profile of a query is dominated by SiLU and by allocating each layer's output)."""
+        tracked = torch.is_grad_enabled() and (
+            features.requires_grad or any(p.requires_grad for p in self.mlp.parameters())
+        )
+        if tracked or not isinstance(self.mlp, nn.Sequential):
+            return self.mlp(features)
+        x = features
+        for i, layer in enumerate(self.mlp):
+            # in place only on a layer's own fresh output, never on the caller's features
+            x = F.silu(x, inplace=True) if isinstance(layer, nn.SiLU) and i > 0 else layer(x)
+        return x
 
     def _activate(self, raw_density: Tensor, inside: Tensor) -> Tensor:
         x = raw_density + self.config.density_bias
