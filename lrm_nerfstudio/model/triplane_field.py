@@ -15,6 +15,9 @@ from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.fields.base_field import Field
 from torch import Tensor, nn
 
+INFERENCE_CHUNK = 8192
+"""Points decoded at once without autograd (the CPU profile's optimum; see `TriplaneField._decode`)."""
+
 # Which two world axes index each plane, in grid_sample order (width coordinate first).
 PLANE_AXES = ((0, 1), (0, 2), (1, 2))  # XY, XZ, YZ
 
@@ -95,6 +98,12 @@ class TriplaneField(Field):
         self, points: Float[Tensor, "B P 3"], triplanes: Float[Tensor, "B 3 C R R"]
     ) -> tuple[Float[Tensor, "B P 1"], Float[Tensor, "B P 3"], Bool[Tensor, "B P 1"]]:
         """Raw density (before bias/activation), RGB, and the inside-the-box mask."""
+        p = points.shape[1]
+        if p > INFERENCE_CHUNK and not torch.is_grad_enabled():
+            # cache-sized pieces: on a CPU, 8192 points at a time run about twice as fast as one large batch (each
+            # layer's activations stay in cache); with autograd the graph stays one piece
+            parts = [self._decode(points[:, i : i + INFERENCE_CHUNK], triplanes) for i in range(0, p, INFERENCE_CHUNK)]
+            return tuple(torch.cat(t, dim=1) for t in zip(*parts))  # type: ignore[return-value]
         raw = self.run_mlp(self._features(points, triplanes))
         inside = (points.abs() <= 1.0).all(dim=-1, keepdim=True)
         return raw[..., :1], torch.sigmoid(raw[..., 1:]), inside
