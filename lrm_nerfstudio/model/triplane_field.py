@@ -35,7 +35,11 @@ def sample_triplanes(
     """
     b, p, _ = points.shape
     _, three, c, r1, r2 = triplanes.shape
-    grid = torch.stack([points[..., list(axes)] for axes in plane_axes], dim=1)  # [B, 3, P, 2]
+    # filled by slice copies: a list index (points[..., [0, 1]]) is an advanced-indexing gather, ~20x slower on CPU
+    grid = points.new_empty(b, len(plane_axes), p, 2)  # [B, 3, P, 2]
+    for k, (u, v) in enumerate(plane_axes):
+        grid[:, k, :, 0] = points[..., u]
+        grid[:, k, :, 1] = points[..., v]
     feats = F.grid_sample(
         triplanes.reshape(b * three, c, r1, r2),
         grid.reshape(b * three, 1, p, 2),
