@@ -259,13 +259,14 @@ def test_inference_mlp_fast_path_equals_the_module():
         torch.testing.assert_close(g, w, rtol=0, atol=0)
 
 
-def test_inference_in_cache_sized_chunks_equals_one_batch():
+def test_inference_in_chunks_equals_one_batch(monkeypatch):
     """Without autograd, more than INFERENCE_CHUNK points are decoded piece by piece: the same values."""
     from lrm_nerfstudio.model import triplane_field as tf
 
     torch.manual_seed(0)
     field = TriplaneFieldConfig(triplane_dim=8, hidden_dim=16, num_hidden_layers=2).setup()
     planes = torch.randn(2, 3, 8, 16, 16)
+    monkeypatch.setattr(tf, "INFERENCE_CHUNK", 1000)
     points = torch.rand(2, 3 * tf.INFERENCE_CHUNK + 5, 3) * 2.2 - 1.1
     with torch.no_grad():
         rgb, density = field.rgb_density_at(points, planes)
