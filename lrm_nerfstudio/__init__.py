@@ -1,5 +1,9 @@
 """LRM (Hong et al. 2023, arXiv 2311.04400) as a nerfstudio method."""
 
+from lrm_nerfstudio.quiet import silence_known_warnings
+
+silence_known_warnings()  # before anything below imports nerfstudio
+
 from lrm_nerfstudio.checkpoints import allow_numpy_scalars_in_checkpoints
 
 allow_numpy_scalars_in_checkpoints()

@@ -528,6 +528,59 @@ def measure_render_with(model, triplanes, device: str, num_rays: int, repeats: i
     }
 
 
+FIELD_SPEED_TARGET = 1.5
+"""Target: the project's field at TripoSR's sizes evaluates this many times as many points per second as TripoSR's
+own query loop (reimplemented below) on the same machine, in the same run."""
+
+
+def triposr_reference_query(mlp: torch.nn.Module, planes: torch.Tensor, points: torch.Tensor, chunk: int = 8192):
+    """TripoSR's field query as its code runs it (docs: TRIPOSR_OPENLRM.md §A5), written here as the baseline:
+    a Python loop over chunks of 8192 points, each one `grid_sample` of the three planes [3, C, R, R] and the MLP on
+    the concatenated features."""
+    out = []
+    for start in range(0, len(points), chunk):
+        p = points[start : start + chunk]
+        grid = torch.stack([p[:, [0, 1]], p[:, [0, 2]], p[:, [1, 2]]])[:, None]  # [3, 1, n, 2]
+        feats = torch.nn.functional.grid_sample(
+            planes, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+        )
+        out.append(mlp(feats[:, :, 0].permute(2, 0, 1).reshape(len(p), -1)))  # [n, 3 C]
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def field_speed(args, device: str) -> dict[str, Any]:
+    """Field evaluations per second at TripoSR's sizes: triplane [3, 40, 64, 64], MLP 120 -> 64, 8 x (64 -> 64),
+    64 -> 4 with SiLU. Ours: `TriplaneField.rgb_density_at` on the chunk marching cubes uses (2^18 points); the
+    reference: `triposr_reference_query` with the same weights. Both are timed alternately in this run."""
+    from lrm_nerfstudio.model.triplane_field import TriplaneFieldConfig
+
+    torch.manual_seed(0)
+    field = TriplaneFieldConfig(triplane_dim=40, hidden_dim=64, num_hidden_layers=9).setup().to(device).eval()
+    planes = torch.randn(1, 3, 40, 64, 64, device=device)
+    num = 2**14 if args.quick else 2**18
+    points = torch.rand(num, 3, device=device) * 2 - 1
+    ours = lambda: field.rgb_density_at(points[None], planes)
+    reference = lambda: triposr_reference_query(field.mlp, planes[0], points)
+    rgb, _ = ours()
+    raw = reference()  # the same function: same raw outputs (before the activations)
+    torch.testing.assert_close(torch.sigmoid(raw[:, 1:]), rgb[0], rtol=1e-4, atol=1e-5)
+    ours_s, ref_s = [], []
+    for _ in range(max(1, args.repeats)):  # alternate, so that a change in the machine's load hits both
+        ours_s += timed(ours, device, 1, warmup=0)
+        ref_s += timed(reference, device, 1, warmup=0)
+    ours_rate, ref_rate = num / statistics.median(ours_s), num / statistics.median(ref_s)
+    return {
+        "sizes": "triplane 3 x 40 x 64^2, MLP 120-64-8x64-4 SiLU",
+        "points": num,
+        "ours_evals_per_s": ours_rate,
+        "triposr_loop_evals_per_s": ref_rate,
+        "ratio": ours_rate / ref_rate,
+        "target_ratio": FIELD_SPEED_TARGET,
+        "pass": ours_rate / ref_rate >= FIELD_SPEED_TARGET,
+    }
+
+
 def main(args) -> dict[str, Any]:
     device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
@@ -539,6 +592,8 @@ def main(args) -> dict[str, Any]:
         "load_average_at_start": list(os.getloadavg()),
     }
     size = 1024 if args.quick else 2048
+    log("field speed against TripoSR's query loop")
+    report["field_speed"] = field_speed(args, device)
     log("fp32 matmul peak")
     peak = matmul_peak_gflops(device, size, 2 if args.quick else 5)
     report["fp32_matmul_peak"] = {"matmul": f"{size}^3 fp32, best of runs, at start and end; gflops = the better"}

@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from copy import deepcopy
 from pathlib import Path
 
@@ -45,6 +46,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--resolution", type=int, default=OutputOptions.resolution, help="marching-cubes grid")
     parser.add_argument("--turntable-frames", type=int, default=OutputOptions.turntable_frames)
     parser.add_argument("--turntable-resolution", type=int, default=OutputOptions.turntable_resolution)
+    parser.add_argument(
+        "--no-dense", dest="dense", action="store_false", help="skip timing a dense query of the mesh lattice"
+    )
     args = parser.parse_args(argv)
     from nerfstudio.utils.rich_utils import CONSOLE
 
@@ -64,6 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
         if code != 0:
             raise SystemExit(f"lrm-reconstruct exited with {code}")
         report = json.loads((out / "timings.json").read_text())
+        dense = dense_query_seconds(args, weights, out / next(iter(report["images"])), options) if args.dense else None
     result = {
         "device": report["device"],
         "threads": torch.get_num_threads(),
@@ -79,8 +84,39 @@ def main(argv: list[str] | None = None) -> dict:
             for name, image in report["images"].items()
         },
     }
+    if dense is not None:
+        mesh_s = next(iter(report["images"].values()))["timings_s"]["mesh"]
+        result["dense_query"] = {
+            "seconds": round(dense, 3),
+            "mesh_stage_over_dense_query": round(mesh_s / dense, 4),
+            "target": MESH_OVER_DENSE_TARGET,
+            "pass": mesh_s / dense <= MESH_OVER_DENSE_TARGET,
+        }
     print(json.dumps(result, indent=2))
     return result
+
+
+MESH_OVER_DENSE_TARGET = 0.25
+"""Target: the mesh stage (coarse to fine) costs at most this fraction of a dense density query of its lattice."""
+
+
+def dense_query_seconds(args, weights: Path | None, image_dir: Path, options: OutputOptions) -> float:
+    """Seconds of a plain dense density query of the mesh lattice, with the triplane lrm-reconstruct wrote."""
+    from safetensors.torch import load_file
+
+    from lrm_nerfstudio.mesh.marching_cubes import sample_density_grid
+    from lrm_nerfstudio.scripts.reconstruct import load_model
+
+    model = load_model(args.load_config, weights).model
+    triplanes = load_file(str(image_dir / "triplane.safetensors"))["triplane"].to(model.device)
+    start = time.perf_counter()
+    sample_density_grid(
+        lambda p: model.field.density_at(p[None], triplanes)[0, :, 0],
+        args.resolution,
+        chunk_size=options.chunk_size,
+        device=model.device,
+    )
+    return time.perf_counter() - start
 
 
 if __name__ == "__main__":

@@ -135,7 +135,11 @@ def main(argv: list[str] | None = None) -> dict:
             capture(args, chromium, port, viewer, log)
         finally:
             viewer.terminate()
-            viewer.wait(timeout=30)
+            try:
+                viewer.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # bounded: a viewer that ignores SIGTERM is killed
+                viewer.kill()
+                viewer.wait(timeout=30)
     result = {"output": str(args.output), "seconds": round(time.monotonic() - start, 1)}
     print(json.dumps(result))
     return result

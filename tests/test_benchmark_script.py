@@ -33,6 +33,9 @@ def test_quick_benchmark_prints_complete_json():
 
     assert report["device"] == "cpu" and report["quick"] is True
     assert positive(report["fp32_matmul_peak"]["gflops"])
+    speed = report["field_speed"]
+    assert positive(speed["ours_evals_per_s"]) and positive(speed["triposr_loop_evals_per_s"])
+    assert speed["ratio"] == pytest.approx(speed["ours_evals_per_s"] / speed["triposr_loop_evals_per_s"])
     tiny = report["methods"]["lrm-tiny"]
     params = tiny["params"]
     for part in ("encoder", "camera_embedder", "transformer", "upsampler", "field", "total"):

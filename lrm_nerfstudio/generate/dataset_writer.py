@@ -19,16 +19,15 @@ import json
 import multiprocessing
 import os
 import shutil
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from lrm_nerfstudio.generate.renderer import Lighting, MeshRenderer, View, write_view
+from lrm_nerfstudio.progress import stage_progress
 
 DATASET_FORMAT = "lrm-multiview"
 DATASET_VERSION = 1
@@ -197,34 +196,20 @@ def write_dataset_json(
 def run_jobs(
     fn: Callable[..., Any], jobs: Sequence[tuple], workers: int, description: str, show_progress: bool = True
 ) -> list[Any]:
-    """Run `fn(*job)` for every job, in this process (workers = 1) or a spawn pool, with a rich progress bar."""
+    """Run `fn(*job)` for every job, in this process (workers = 1) or a spawn pool, with progress (a rich bar on a
+    terminal, periodic lines in a log)."""
     results: list[Any] = [None] * len(jobs)
-    start = time.perf_counter()
-    columns = [
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]:.2f} obj/s"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-    ]
-    with Progress(*columns, console=CONSOLE, disable=not show_progress or not jobs, transient=False) as progress:
-        task = progress.add_task(description, total=len(jobs), rate=0.0)
-
-        def advance(done: int) -> None:
-            progress.update(task, completed=done, rate=done / max(time.perf_counter() - start, 1e-9))
-
+    with stage_progress(description, total=len(jobs), unit="done", enabled=show_progress and bool(jobs)) as progress:
         if workers <= 1 or len(jobs) <= 1:
             for i, job in enumerate(jobs):
                 results[i] = fn(*job)
-                advance(i + 1)
+                progress.advance()
         else:
             # spawn, not fork: Embree/TBB thread pools do not survive a fork safely.
             ctx = multiprocessing.get_context("spawn")
             with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
                 futures = {pool.submit(fn, *job): i for i, job in enumerate(jobs)}
-                for done, future in enumerate(cf.as_completed(futures), start=1):
+                for future in cf.as_completed(futures):
                     results[futures[future]] = future.result()
-                    advance(done)
+                    progress.advance()
     return results

@@ -286,6 +286,10 @@ COARSE_MIN_CELLS = 48
 THIN_MARGIN = 0.5
 """Coarse cells whose densest corner reaches this fraction of a positive level are refined even if no corner lies
 above it (parts thinner than the coarse stride then survive when their density reaches the coarse lattice)."""
+THIN_MARGIN_MAX_FRACTION = 0.1
+"""Above this fraction of coarse cells flagged, the thin-part margin is dropped (see `coarse_to_fine_cells`)."""
+DENSE_ABOVE_FRACTION = 0.4
+"""If more coarse cells than this fraction need refining, `extract_mesh` queries the dense lattice instead."""
 _BRICK = 32
 """Cells per axis of the dense bricks that marching cubes runs on at the end."""
 
@@ -449,7 +453,7 @@ def coarse_to_fine_cells(
     level: float,
     cell_limit: np.ndarray,
     margin: float | None = None,
-) -> np.ndarray:
+) -> np.ndarray | None:
     """The lattice cells (unit origins [K, 3]) that the `level` surface crosses, found coarse to fine.
 
     Level by level, from cells of edge `stride` down to unit cells: cells that may hold surface (`_flag`; at the
@@ -457,16 +461,27 @@ def coarse_to_fine_cells(
     queried. At unit
     cells the surface is then followed: every neighbour of a crossing cell is queried until no new crossing cell
     appears, so each surface component that the search touched once comes out whole, exactly as a dense lattice
-    would give it. `grid` is the coarse lattice (`lattice.query_coarse(stride)`). `cell_limit` [3] bounds the cell origins per axis (cells beyond the caller's lattice are dropped
-    only at the end: the coarse lattice may overhang it).
+    would give it. `grid` is the coarse lattice (`lattice.query_coarse(stride)`). `cell_limit` [3] bounds the cell
+    origins per axis (cells beyond the caller's lattice are dropped only at the end: the coarse lattice may
+    overhang it).
+
+    Returns:
+        The cells, or None when more than `DENSE_ABOVE_FRACTION` of the coarse cells need refining (a surface
+        everywhere, as in an untrained model's fog): a dense query is then cheaper.
     """
     margin = THIN_MARGIN if margin is None else margin
     n = lattice.n
     c = len(grid) - 1
     corners = np.stack([grid[i : i + c, j : j + c, k : k + c] for i, j, k in _CORNERS], -1).reshape(-1, 8)
-    flags = _flag(corners, level, margin if stride > 1 else 0.0).reshape(c, c, c)
-    active = np.argwhere(flags).astype(lattice.itype) * stride
+    flags = _flag(corners, level, margin if stride > 1 else 0.0)
+    if flags.mean() > THIN_MARGIN_MAX_FRACTION:
+        # a foggy field (an undertrained model) sits near the level almost everywhere: the thin-part margin would
+        # refine the whole volume, so only crossing cells are refined
+        flags = _flag(corners, level, 0.0)
+    active = np.argwhere(flags.reshape(c, c, c)).astype(lattice.itype) * stride
     active = _dilate(active, stride, n)  # the safety margin around the coarse cells
+    if len(active) > DENSE_ABOVE_FRACTION * c**3:
+        return None
     size = stride
     while size > 1:
         half = size // 2
@@ -641,6 +656,12 @@ def _coarse_to_fine_mesh(density_fn, resolution, lo, hi, chunk_size, iso_level, 
         iso = IsoLevel(float(iso_level), "fixed", {})
     note(f"coarse {len(grid)}^3 lattice (stride {stride}); iso-level {iso.value:.4g} ({iso.method})")
     cells = coarse_to_fine_cells(lattice, grid, stride, iso.value, np.full(3, resolution - 1))
+    if cells is None:  # surface nearly everywhere: the dense lattice is cheaper (same level)
+        note("surface nearly everywhere: querying the dense lattice")
+        dense = sample_density_grid(density_fn, resolution, (lo, hi), chunk_size, device)
+        verts, faces = marching_cubes_blocks(dense, iso.value)
+        iso.stats["density_queries"] = float(lattice.queried + dense.size)
+        return verts, faces, iso, coarse
     note(f"{len(cells)} surface cells of {resolution - 1}^3 after {lattice.queried} density queries")
     verts, faces = marching_cubes_cells(lattice, cells, iso.value)
     iso.stats["density_queries"] = float(lattice.queried)

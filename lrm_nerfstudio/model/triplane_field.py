@@ -15,6 +15,12 @@ from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.fields.base_field import Field
 from torch import Tensor, nn
 
+INFERENCE_CHUNK = 2**18
+"""Most points decoded at once without autograd (bounds the activations' memory). Smaller pieces are a trade-off
+measured on the 2-core CPU: 8192 points ran 2.4x faster than one 2^18 batch on the idle machine (the activations
+stay in cache) but 4-6x slower when other processes contended for the cores (two threads waiting on each other
+for every small op), so the default is large."""
+
 # Which two world axes index each plane, in grid_sample order (width coordinate first).
 PLANE_AXES = ((0, 1), (0, 2), (1, 2))  # XY, XZ, YZ
 
@@ -32,7 +38,11 @@ def sample_triplanes(
     """
     b, p, _ = points.shape
     _, three, c, r1, r2 = triplanes.shape
-    grid = torch.stack([points[..., list(axes)] for axes in plane_axes], dim=1)  # [B, 3, P, 2]
+    # filled by slice copies: a list index (points[..., [0, 1]]) is an advanced-indexing gather, ~20x slower on CPU
+    grid = points.new_empty(b, len(plane_axes), p, 2)  # [B, 3, P, 2]
+    for k, (u, v) in enumerate(plane_axes):
+        grid[:, k, :, 0] = points[..., u]
+        grid[:, k, :, 1] = points[..., v]
     feats = F.grid_sample(
         triplanes.reshape(b * three, c, r1, r2),
         grid.reshape(b * three, 1, p, 2),
@@ -121,13 +131,37 @@ class TriplaneField(Field):
         self, points: Float[Tensor, "B P 3"], triplanes: Float[Tensor, "B 3 C R R"]
     ) -> tuple[Float[Tensor, "B P 1"], Float[Tensor, "B P 3"], Bool[Tensor, "B P 1"]]:
         """Raw density (before bias/activation), RGB, and the inside-the-box mask."""
+        p = points.shape[1]
+        if p > INFERENCE_CHUNK and not torch.is_grad_enabled():
+            # pieces of INFERENCE_CHUNK points; with autograd the graph stays one piece
+            parts = [self._decode(points[:, i : i + INFERENCE_CHUNK], triplanes) for i in range(0, p, INFERENCE_CHUNK)]
+            return tuple(torch.cat(t, dim=1) for t in zip(*parts))  # type: ignore[return-value]
         points = self.to_plane_coordinates(points)
-        raw = self.mlp(self._features(points, triplanes))
+        raw = self.run_mlp(self._features(points, triplanes))
         inside = (points.abs() <= 1.0).all(dim=-1, keepdim=True)
         rgb = torch.sigmoid(raw[..., 1:])
         if self.config.color_activation == "widened_sigmoid":
             rgb = rgb * (1 + 2 * 0.001) - 0.001
         return raw[..., :1], rgb, inside
+
+    def run_mlp(self, features: Float[Tensor, "*batch D"]) -> Float[Tensor, "*batch 4"]:
+        """`self.mlp(features)`; without autograd its SiLUs / ReLUs run in place (same values, about a quarter faster on a
+        CPU: the profile of a query is dominated by SiLU and by allocating each layer's output)."""
+        tracked = torch.is_grad_enabled() and (
+            features.requires_grad or any(p.requires_grad for p in self.mlp.parameters())
+        )
+        if tracked or not isinstance(self.mlp, nn.Sequential):
+            return self.mlp(features)
+        x = features
+        for i, layer in enumerate(self.mlp):
+            # in place only on a layer's own fresh output, never on the caller's features
+            if isinstance(layer, nn.SiLU) and i > 0:
+                x = F.silu(x, inplace=True)
+            elif isinstance(layer, nn.ReLU) and i > 0:
+                x = F.relu(x, inplace=True)
+            else:
+                x = layer(x)
+        return x
 
     def _activate(self, raw_density: Tensor, inside: Tensor) -> Tensor:
         x = raw_density + self.config.density_bias

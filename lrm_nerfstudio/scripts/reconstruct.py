@@ -50,6 +50,7 @@ from lrm_nerfstudio.data.image_preprocess import ImageInputError, preprocess_ima
 from lrm_nerfstudio.mesh.marching_cubes import NoSurfaceError, extract_mesh, sample_density_grid, save_mesh
 from lrm_nerfstudio.mesh.turntable import ffmpeg_available, turntable_cameras, write_turntable
 from lrm_nerfstudio.model.lrm_model import LRMModel
+from lrm_nerfstudio.progress import stage_progress
 from lrm_nerfstudio.scripts.export_weights import (
     MODEL_PREFIX,
     ModelLoadError,
@@ -597,35 +598,11 @@ def main(config: ReconstructConfig) -> int:
     failed: dict[str, str] = {}
     results: dict[str, dict] = {}
     taken: set[str] = set()
-    for path in config.images:
-        out_dir = _unique_dir(out_root, path.stem, taken)
-        try:
-            rec = reconstruct_file(
-                loaded, path, out_dir, config.output, checkpoint, config.foreground_ratio, config.max_pixels
-            )
-        except (ImageInputError, DatasetFormatError) as err:
-            failed[str(path)] = str(err)
-            _error(str(err))
-            continue
-        except NoSurfaceError as err:
-            failed[str(path)] = f"{path}: {err}"
-            _error(f"{path}: {err} (try another --iso-level)")
-            continue
-        rows[out_dir.name] = rec.timings
-        results[out_dir.name] = {
-            "input": str(path),
-            "files": {key: str(value) for key, value in rec.files.items()},
-            "iso_level": rec.iso_level,
-            "num_vertices": rec.num_vertices,
-        }
-        if rec.splat is not None:
-            results[out_dir.name]["splat"] = rec.splat
-            if "error" in rec.splat:  # the other files are written; the image still counts as failed
-                failed[str(path)] = f"{path}: {rec.splat['error']}"
-                _error(f"{path}: {rec.splat['error']} (no gaussians.ply written; the other files are)")
-        CONSOLE.print(
-            f"{path} -> {out_dir} ({rec.num_vertices} vertices, iso-level {rec.iso_level:.3g})", highlight=False
-        )
+    with stage_progress("lrm-reconstruct", total=len(config.images), unit="images") as progress:
+        for path in config.images:
+            progress.update(description=f"lrm-reconstruct {path.name}")
+            _reconstruct_one(config, loaded, path, out_root, checkpoint, taken, rows, failed, results)
+            progress.advance()
     report = {
         "model": {"source": str(loaded.source), "method": loaded.config.method_name, "step": loaded.step},
         "device": str(loaded.device),
@@ -640,6 +617,36 @@ def main(config: ReconstructConfig) -> int:
         _error(f"{len(failed)} of {len(config.images)} images failed: " + ", ".join(failed))
         return 1
     return 0
+
+
+def _reconstruct_one(config, loaded, path, out_root, checkpoint, taken, rows, failed, results) -> None:
+    """One image of `main`: reconstruct it, or record why not."""
+    out_dir = _unique_dir(out_root, path.stem, taken)
+    try:
+        rec = reconstruct_file(
+            loaded, path, out_dir, config.output, checkpoint, config.foreground_ratio, config.max_pixels
+        )
+    except (ImageInputError, DatasetFormatError) as err:
+        failed[str(path)] = str(err)
+        _error(str(err))
+        return
+    except NoSurfaceError as err:
+        failed[str(path)] = f"{path}: {err}"
+        _error(f"{path}: {err} (try another --iso-level)")
+        return
+    rows[out_dir.name] = rec.timings
+    results[out_dir.name] = {
+        "input": str(path),
+        "files": {key: str(value) for key, value in rec.files.items()},
+        "iso_level": rec.iso_level,
+        "num_vertices": rec.num_vertices,
+    }
+    if rec.splat is not None:
+        results[out_dir.name]["splat"] = rec.splat
+        if "error" in rec.splat:  # the other files are written; the image still counts as failed
+            failed[str(path)] = f"{path}: {rec.splat['error']}"
+            _error(f"{path}: {rec.splat['error']} (no gaussians.ply written; the other files are)")
+    CONSOLE.print(f"{path} -> {out_dir} ({rec.num_vertices} vertices, iso-level {rec.iso_level:.3g})", highlight=False)
 
 
 def entrypoint() -> None:

@@ -234,3 +234,16 @@ def test_coarse_to_fine_iso_levels_of_the_existing_fields():
         dense = extract_mesh(density, resolution=129, coarse_to_fine=False)
         assert fast.metadata["iso_method"] == dense.metadata["iso_method"]
         assert fast.metadata["iso_level"] == pytest.approx(dense.metadata["iso_level"], rel=0.05)
+
+
+def test_surface_everywhere_falls_back_to_the_dense_lattice():
+    """A field that crosses its level in every coarse cell (an untrained model's fog): the search would refine the
+    whole volume, so the dense lattice is queried instead, and the mesh is still the dense one."""
+
+    def fog(p):
+        return 1.0 + 0.1 * torch.sin(40 * p[:, 0]) * torch.sin(40 * p[:, 1]) * torch.sin(40 * p[:, 2])
+
+    fast = extract_mesh(fog, resolution=97, iso_level=1.0)
+    dense = extract_mesh(fog, resolution=97, iso_level=1.0, coarse_to_fine=False)
+    assert fast.metadata["density_stats"]["density_queries"] > 97**3
+    assert len(fast.faces) == len(dense.faces)

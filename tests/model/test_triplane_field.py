@@ -235,3 +235,42 @@ def test_normals_with_trained_field_under_no_grad():
     assert n.shape == (4, 8, 3) and torch.isfinite(n).all()
     torch.testing.assert_close(n.norm(dim=-1), torch.ones(4, 8))
     assert not out[FieldHeadNames.DENSITY].requires_grad
+
+
+def test_inference_mlp_fast_path_equals_the_module():
+    """Without autograd the MLP runs its SiLUs in place: the same values as `field.mlp`, the caller's features
+    untouched; with autograd it is `field.mlp` itself, so training gradients are unchanged."""
+    torch.manual_seed(0)
+    field = TriplaneFieldConfig(triplane_dim=8, hidden_dim=16, num_hidden_layers=3).setup()
+    feats = torch.randn(2, 50, 24)
+    before = feats.clone()
+    with torch.no_grad():
+        fast = field.run_mlp(feats)
+        reference = field.mlp(feats)
+    torch.testing.assert_close(fast, reference, rtol=0, atol=0)
+    torch.testing.assert_close(feats, before, rtol=0, atol=0)
+    leaf = feats.clone().requires_grad_(True)
+    out = field.run_mlp(leaf)
+    assert out.grad_fn is not None
+    torch.testing.assert_close(out, reference, rtol=0, atol=0)
+    grads = torch.autograd.grad(out.sum(), [leaf, *field.mlp.parameters()])
+    want = torch.autograd.grad(field.mlp(leaf).sum(), [leaf, *field.mlp.parameters()])
+    for g, w in zip(grads, want):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
+def test_inference_in_chunks_equals_one_batch(monkeypatch):
+    """Without autograd, more than INFERENCE_CHUNK points are decoded piece by piece: the same values."""
+    from lrm_nerfstudio.model import triplane_field as tf
+
+    torch.manual_seed(0)
+    field = TriplaneFieldConfig(triplane_dim=8, hidden_dim=16, num_hidden_layers=2).setup()
+    planes = torch.randn(2, 3, 8, 16, 16)
+    monkeypatch.setattr(tf, "INFERENCE_CHUNK", 1000)
+    points = torch.rand(2, 3 * tf.INFERENCE_CHUNK + 5, 3) * 2.2 - 1.1
+    with torch.no_grad():
+        rgb, density = field.rgb_density_at(points, planes)
+    rgb_ref, density_ref = field.rgb_density_at(points, planes)  # autograd on: one piece
+    assert density_ref.requires_grad
+    torch.testing.assert_close(rgb, rgb_ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(density, density_ref, rtol=1e-6, atol=1e-6)
