@@ -229,8 +229,20 @@ class LRMModel(Model):
             fine = self.field(ray_samples, triplanes, object_index, compute_normals=compute_normals)
             density, rgb = fine[FieldHeadNames.DENSITY], fine[FieldHeadNames.RGB]
             normals = fine.get(FieldHeadNames.NORMALS)
-        weights = ray_samples.get_weights(density)
+        return self._composite(metadata, ray_samples, density, rgb, normals, (weights_coarse, ray_samples_uniform))
 
+    def _composite(
+        self,
+        metadata: dict[str, Any],
+        ray_samples: RaySamples,
+        density: Float[Tensor, "N S 1"],
+        rgb: Float[Tensor, "N S 3"],
+        normals: Float[Tensor, "N S 3"] | None,
+        coarse: tuple[Tensor, RaySamples] | None = None,
+    ) -> dict[str, Any]:
+        """Render outputs of rays from their samples' density, colour (and normals); `coarse` is the (weights, ray
+        samples) of a first sampling pass, listed before the final ones for the PDF / proposal consumers."""
+        weights = ray_samples.get_weights(density)
         rgb_premultiplied = self.renderer_rgb(rgb=rgb, weights=weights)
         accumulation = self.renderer_accumulation(weights=weights)
         background = metadata.get("background_color")
@@ -242,8 +254,8 @@ class LRMModel(Model):
             "accumulation": accumulation,
             "depth": self.renderer_depth(weights=weights, ray_samples=ray_samples),
             "expected_depth": self.renderer_expected_depth(weights=weights, ray_samples=ray_samples),
-            "weights_list": [weights_coarse, weights],
-            "ray_samples_list": [ray_samples_uniform, ray_samples],
+            "weights_list": ([coarse[0]] if coarse is not None else []) + [weights],
+            "ray_samples_list": ([coarse[1]] if coarse is not None else []) + [ray_samples],
         }
         if "directions_norm" in metadata:  # |camera-space direction| at z = -1: turns ray distance into z-depth
             outputs["directions_norm"] = metadata["directions_norm"]
@@ -290,27 +302,7 @@ class LRMModel(Model):
         ray_samples.deltas = torch.full_like(ray_samples.deltas, 1.0 / n)  # TripoSR's delta: 1/N of the chord
         out = self.field(ray_samples, triplanes, object_index, compute_normals=compute_normals)
         density = out[FieldHeadNames.DENSITY] * valid[:, None].to(origins.dtype)
-        weights = ray_samples.get_weights(density)
-        rgb_premultiplied = self.renderer_rgb(rgb=out[FieldHeadNames.RGB], weights=weights)
-        accumulation = self.renderer_accumulation(weights=weights)
-        background = metadata.get("background_color")
-        if background is None:
-            background = torch.ones_like(rgb_premultiplied)
-        outputs: dict[str, Any] = {
-            "rgb": rgb_premultiplied + (1.0 - accumulation) * background,
-            "rgb_premultiplied": rgb_premultiplied,
-            "accumulation": accumulation,
-            "depth": self.renderer_depth(weights=weights, ray_samples=ray_samples),
-            "expected_depth": self.renderer_expected_depth(weights=weights, ray_samples=ray_samples),
-            "weights_list": [weights],
-            "ray_samples_list": [ray_samples],
-        }
-        if "directions_norm" in metadata:
-            outputs["directions_norm"] = metadata["directions_norm"]
-        if compute_normals:
-            normals = self.renderer_normals(normals=out[FieldHeadNames.NORMALS], weights=weights)
-            outputs["normals"] = (normals + 1.0) / 2.0
-        return outputs
+        return self._composite(metadata, ray_samples, density, out[FieldHeadNames.RGB], out.get(FieldHeadNames.NORMALS))
 
     def set_samples_per_ray(self, num_coarse: int, num_importance: int) -> None:
         """Samples per ray from now on (progressive resolution, training/progressive.py); the config keeps the
