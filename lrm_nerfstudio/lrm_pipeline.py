@@ -16,6 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from lrm_nerfstudio.data.lrm_datamanager import LRMDataManager, LRMDataManagerConfig
 from lrm_nerfstudio.model.lrm_model import LRMModel, LRMModelConfig
+from lrm_nerfstudio.splat.gaussians import EmptyReconstructionError
 from lrm_nerfstudio.training import distributed
 from lrm_nerfstudio.training.deferred import deferred_backward
 from lrm_nerfstudio.training.determinism import seed_torch_for_step
@@ -29,10 +30,6 @@ def _model_key(key: str, prefix: str) -> str:
         if key.startswith(old):
             return prefix + key[len(old) :]
     return key
-
-
-class EmptyReconstructionError(RuntimeError):
-    """The display object's reconstruction is (nearly) empty: nerfstudio's point-cloud export would never finish."""
 
 
 class NonFiniteLossError(FloatingPointError):

@@ -13,7 +13,8 @@ SH_C0 = 0.28209479177387814
 
 
 class EmptyReconstructionError(ValueError):
-    """The field holds nothing to turn into Gaussians (empty, constant, or every Gaussian transparent)."""
+    """A reconstruction with nothing in it: no Gaussians to write (empty, constant, or every Gaussian transparent),
+    or a display object too transparent for nerfstudio's point-cloud export (which would otherwise never finish)."""
 
 
 def rgb_to_sh_dc(rgb: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs 3"]:
