@@ -181,6 +181,7 @@ def run_candidate(config: AblationConfig, name: str) -> dict:
     return {
         "candidate": name,
         "settings": DESCRIPTIONS.get(name, name),
+        "seed": config.seed,
         "steps": config.steps,
         "schedule_steps": config.schedule_steps,
         "train_s": round(train_s, 1),
@@ -193,11 +194,13 @@ def run_candidate(config: AblationConfig, name: str) -> dict:
 
 def write_table(results: list[dict], path: Path) -> None:
     """Markdown table of all runs in `results`."""
-    head = "| candidate | settings | steps | train s | s/step | init acc | PSNR | bg PSNR | +dB | SSIM | mask IoU |"
+    head = (
+        "| candidate | settings | seed | steps | train s | s/step | init acc | PSNR | bg PSNR | +dB | SSIM | mask IoU |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         lines.append(
-            f"| {r['candidate']} | {r['settings']} | {r['steps']} | {r['train_s']:.0f} | {r['s_per_step']:.2f} | "
+            f"| {r['candidate']} | {r['settings']} | {r.get('seed', 0)} | {r['steps']} | {r['train_s']:.0f} | {r['s_per_step']:.2f} | "
             f"{r['init_accumulation']:.3f} | {r['psnr']:.2f} | {r['background_psnr']:.2f} | "
             f"{r['psnr_over_background']:+.2f} | {r['ssim']:.3f} | {r['mask_iou']:.3f} |"
         )

@@ -38,7 +38,12 @@ def test_two_candidates_two_steps(procedural_dataset, tmp_path):
     # the lower bias starts from a much emptier box
     assert rows[1]["init_accumulation"] < rows[0]["init_accumulation"] / 5
     table = (tmp_path / "results.md").read_text().splitlines()
-    assert len(table) == 4 and table[2].startswith("| bias-1 |") and table[3].startswith("| bias-4 |")
+    assert (
+        len(table) == 4
+        and "| seed |" in table[0]
+        and table[2].startswith("| bias-1 |")
+        and table[3].startswith("| bias-4 |")
+    )
 
 
 def test_unknown_candidate_is_named(tmp_path):
