@@ -1,0 +1,238 @@
+"""Ablation of `lrm-demo`'s training recipe at a fixed step count; prints JSON and writes a Markdown table.
+
+Each named candidate is the demo's trainer (`lrm_nerfstudio.scripts.demo.trainer_config`, learning-rate schedule
+over the demo's 1200 iterations) with a few settings changed, trained from the same seed on the same data for
+`--steps` steps (the demo itself is stopped by its time bound long before the schedule ends), then evaluated on
+the same held-out test objects: PSNR / SSIM against the background-only PSNR, and the mask IoU of the rendered
+accumulation (> 0.5) against the ground-truth alpha (> 0.5). `init_accumulation` is the mean accumulation of the
+first held-out view rendered by the untrained model over the pixels whose rays cross the box: how much fog
+training starts from.
+
+    uv run python scripts/demo_ablation.py --data data/lrm-demo --steps 400 --candidates baseline bias-4
+
+Results are appended to OUTPUT_DIR/results.jsonl (one line per run, so runs in parallel processes can share a
+folder) and the whole table is rewritten to OUTPUT_DIR/results.md after each run.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import tyro
+from nerfstudio.engine.trainer import TrainerConfig
+
+from lrm_nerfstudio.scripts.demo import DemoConfig, trainer_config
+
+
+def _set(path: str, value) -> Callable[[TrainerConfig], None]:
+    """A candidate edit: set the dotted attribute `path` of the trainer config to `value`."""
+
+    def edit(trainer: TrainerConfig) -> None:
+        *parents, name = path.split(".")
+        obj = trainer
+        for part in parents:
+            obj = getattr(obj, part)
+        setattr(obj, name, value)
+
+    return edit
+
+
+def _lr(group: str, lr: float) -> Callable[[TrainerConfig], None]:
+    def edit(trainer: TrainerConfig) -> None:
+        trainer.optimizers[group]["optimizer"].lr = lr
+
+    return edit
+
+
+MODEL = "pipeline.model"
+CANDIDATES: dict[str, list[Callable[[TrainerConfig], None]]] = {
+    "baseline": [],
+    "bias-1": [_set(f"{MODEL}.field.density_bias", -1.0)],
+    "bias-4": [_set(f"{MODEL}.field.density_bias", -4.0)],
+    "bias-6": [_set(f"{MODEL}.field.density_bias", -6.0)],
+    "softplus-bias-4": [
+        _set(f"{MODEL}.field.density_activation", "softplus"),
+        _set(f"{MODEL}.field.density_bias", -4.0),
+    ],
+    "mask-2": [_set(f"{MODEL}.mask_loss_mult", 2.0)],
+    "bias-4-mask-2": [_set(f"{MODEL}.field.density_bias", -4.0), _set(f"{MODEL}.mask_loss_mult", 2.0)],
+    "samples-24-8": [_set(f"{MODEL}.num_coarse_samples", 24), _set(f"{MODEL}.num_importance_samples", 8)],
+    "bias-4-samples-24-8": [
+        _set(f"{MODEL}.field.density_bias", -4.0),
+        _set(f"{MODEL}.num_coarse_samples", 24),
+        _set(f"{MODEL}.num_importance_samples", 8),
+    ],
+    "bias-4-lr-2x": [_set(f"{MODEL}.field.density_bias", -4.0), _lr("decoder", 2e-3), _lr("encoder", 6e-4)],
+}
+"""Named candidates: edits applied to the demo's trainer config."""
+
+DESCRIPTIONS = {
+    "baseline": "the demo's current recipe (trunc_exp, density bias -4, mask 0.5, 16+16 samples)",
+    "bias-1": "density bias -1, lrm-tiny's default before issue 14 (initial density exp(-1) = 0.37)",
+    "bias-4": "density bias -4 (initial density exp(-4) = 0.018)",
+    "bias-6": "density bias -6 (initial density exp(-6) = 0.0025)",
+    "softplus-bias-4": "softplus density, bias -4",
+    "mask-2": "mask loss weight 2 (demo: 0.5)",
+    "bias-4-mask-2": "density bias -4 and mask loss weight 2",
+    "samples-24-8": "24 uniform + 8 importance samples (demo: 16 + 16)",
+    "bias-4-samples-24-8": "density bias -4, 24 + 8 samples",
+    "bias-4-lr-2x": "density bias -4, learning rates x2 (decoder 2e-3, encoder 6e-4)",
+}
+
+
+@dataclass
+class AblationConfig:
+    """Train named candidates of the demo's recipe for a fixed number of steps and evaluate them on held-out objects."""
+
+    data: Path = Path("data/lrm-demo")
+    """Dataset made by `lrm-demo`'s defaults (`uv run lrm-demo` generates it)."""
+    output_dir: Path = Path("outputs/demo-ablation")
+    """Folder of the runs and of results.jsonl / results.md."""
+    candidates: list[str] = field(default_factory=lambda: ["baseline", "bias-4"])
+    """Candidates to run, in order (see CANDIDATES in this file)."""
+    steps: int = 400
+    """Training steps of each run."""
+    schedule_steps: int = 1200
+    """Length of the learning-rate schedule (the demo's max_iterations)."""
+    eval_max_objects: int | None = None
+    """Held-out test objects to evaluate (None: all)."""
+    workers: int = 1
+    """Data-loading worker processes."""
+    seed: int = 0
+    """Seed of torch / numpy / random before the model is built."""
+
+
+def _seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@torch.no_grad()
+def _init_accumulation(pipeline) -> float:
+    """Mean accumulation over the box-crossing pixels of the first held-out view (the untrained model's fog)."""
+    camera, batch = next(iter(pipeline.datamanager.iter_eval_views(split="test", max_objects=1)))
+    pipeline.eval()
+    outputs = pipeline.render_eval_view(camera, batch)
+    pipeline.train()
+    acc = outputs["accumulation"][..., 0]
+    return float(acc[acc > 0].mean()) if bool((acc > 0).any()) else 0.0
+
+
+@torch.no_grad()
+def evaluate(pipeline, max_objects: int | None) -> dict[str, float]:
+    """PSNR / SSIM / background PSNR / mask IoU averaged over the held-out test views."""
+    pipeline.eval()
+    rows = []
+    for camera, batch in pipeline.datamanager.iter_eval_views(split="test", max_objects=max_objects):
+        outputs = pipeline.render_eval_view(camera, batch)
+        image = batch["image"]
+        row = pipeline.model.image_metrics(outputs["rgb"], image)
+        background = batch["background_color"].view(3).to(image)
+        row["background_psnr"] = float(-10.0 * torch.log10(torch.mean((image - background) ** 2).clamp(min=1e-10)))
+        pred = outputs["accumulation"][..., 0] > 0.5
+        true = batch["alpha"].reshape(pred.shape) > 0.5
+        union = (pred | true).sum()
+        row["mask_iou"] = float((pred & true).sum() / union) if union > 0 else 1.0
+        rows.append(row)
+    pipeline.train()
+    result = {key: float(np.mean([row[key] for row in rows])) for key in rows[0]}
+    result["num_views"] = float(len(rows))
+    return result
+
+
+def run_candidate(config: AblationConfig, name: str) -> dict:
+    """Train candidate `name` for `config.steps` steps and evaluate it."""
+    if name not in CANDIDATES:
+        raise ValueError(f"demo_ablation: unknown candidate {name!r}; known: {', '.join(CANDIDATES)}")
+    demo = DemoConfig(
+        data=config.data,
+        output_dir=config.output_dir / name,
+        max_iterations=config.schedule_steps,
+        viewer=False,
+        workers=config.workers,
+    )
+    trainer_cfg = trainer_config(demo)
+    for edit in CANDIDATES[name]:
+        edit(trainer_cfg)
+    trainer_cfg.max_num_iterations = config.steps
+    trainer_cfg.steps_per_eval_batch = trainer_cfg.steps_per_eval_image = 10**9  # evaluation only at the end
+    trainer_cfg.steps_per_eval_all_images = 10**9
+    trainer_cfg.steps_per_save = config.steps
+    trainer_cfg.set_timestamp()
+    _seed(config.seed)
+    trainer = trainer_cfg.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    init_acc = _init_accumulation(trainer.pipeline)
+    start = time.perf_counter()
+    try:
+        trainer.train()
+    finally:
+        trainer.shutdown()
+    train_s = time.perf_counter() - start
+    metrics = evaluate(trainer.pipeline, config.eval_max_objects)
+    return {
+        "candidate": name,
+        "settings": DESCRIPTIONS.get(name, name),
+        "seed": config.seed,
+        "steps": config.steps,
+        "schedule_steps": config.schedule_steps,
+        "train_s": round(train_s, 1),
+        "s_per_step": round(train_s / config.steps, 3),
+        "init_accumulation": round(init_acc, 4),
+        **{k: round(v, 4) for k, v in metrics.items()},
+        "psnr_over_background": round(metrics["psnr"] - metrics["background_psnr"], 3),
+    }
+
+
+def write_table(results: list[dict], path: Path) -> None:
+    """Markdown table of all runs in `results`."""
+    head = (
+        "| candidate | settings | seed | steps | train s | s/step | init acc | PSNR | bg PSNR | +dB | SSIM | mask IoU |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in results:
+        lines.append(
+            f"| {r['candidate']} | {r['settings']} | {r.get('seed', 0)} | {r['steps']} | {r['train_s']:.0f} | {r['s_per_step']:.2f} | "
+            f"{r['init_accumulation']:.3f} | {r['psnr']:.2f} | {r['background_psnr']:.2f} | "
+            f"{r['psnr_over_background']:+.2f} | {r['ssim']:.3f} | {r['mask_iou']:.3f} |"
+        )
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(config: AblationConfig) -> list[dict]:
+    """Run every candidate; returns their result rows (also printed as JSON)."""
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    unknown = [name for name in config.candidates if name not in CANDIDATES]
+    if unknown:
+        raise ValueError(f"demo_ablation: unknown candidate(s) {unknown}; known: {', '.join(CANDIDATES)}")
+    if not (config.data / "dataset.json").is_file():
+        raise ValueError(f"{config.data / 'dataset.json'}: missing; generate the demo data with `uv run lrm-demo`")
+    config.output_dir.mkdir(parents=True, exist_ok=True)
+    jsonl = config.output_dir / "results.jsonl"
+    rows = []
+    for name in config.candidates:
+        row = run_candidate(config, name)
+        rows.append(row)
+        with jsonl.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        everything = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+        write_table(everything, config.output_dir / "results.md")
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def entrypoint() -> None:
+    """Command line."""
+    main(tyro.cli(AblationConfig))
+
+
+if __name__ == "__main__":
+    entrypoint()
