@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +73,7 @@ from lrm_nerfstudio.scripts.reconstruct import (
     encode_decode,
     extract_colored_mesh,
     load_model,
+    timed_stage,
 )
 
 BOX_TOLERANCE = 1e-3
@@ -153,15 +152,6 @@ def open_dataset(loaded: LoadedModel, config: EvalConfig) -> tuple[LRMDataManage
 
 
 # ----------------------------------------------------------------------------------------------------- one object
-@contextmanager
-def _timed(timings: dict[str, float], name: str, device: torch.device) -> Iterator[None]:
-    start = time.perf_counter()
-    yield
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
-
-
 @dataclass
 class ViewData:
     """One scored view: its camera as (c2w, fx, fy, cx, cy, w, h) and the true and predicted images."""
@@ -212,7 +202,7 @@ def evaluate_object(
 
     triplanes = encode_decode(model, image, camera, timings)
     pred_mesh: trimesh.Trimesh | None = None
-    with _timed(timings, "mesh", device):
+    with timed_stage(timings, "mesh", device):
         try:
             pred_mesh = extract_colored_mesh(
                 model, triplanes, OutputOptions(resolution=config.mesh_resolution, iso_level=config.iso_level)
@@ -233,7 +223,7 @@ def evaluate_object(
     if config.views_per_object is not None:
         indices = indices[: config.views_per_object]
     bg_t = torch.from_numpy(bg)
-    with _timed(timings, "render", device):
+    with timed_stage(timings, "render", device):
         for v in indices:
             width = config.eval_resolution or int(obj.intrinsics[v, 4])
             cam, true_rgb, true_alpha = dm.full_view(obj, v, resolution=width, bg=bg)

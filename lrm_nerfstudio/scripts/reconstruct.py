@@ -179,7 +179,8 @@ class OutputOptions:
 
 
 @contextmanager
-def _stage(timings: dict[str, float], name: str, device: torch.device) -> Iterator[None]:
+def timed_stage(timings: dict[str, float], name: str, device: torch.device) -> Iterator[None]:
+    """Add the wall time of the block (after the device's queued work) to `timings[name]`."""
     start = time.perf_counter()
     yield
     if device.type == "cuda":
@@ -196,9 +197,9 @@ def encode_decode(
     device = model.device
     image, camera = image[None].to(device), camera[None].to(device)
     with model._autocast(device):
-        with _stage(timings, "encode", device):
+        with timed_stage(timings, "encode", device):
             tokens = model.encoder(image)
-        with _stage(timings, "decode", device):
+        with timed_stage(timings, "decode", device):
             planes = model.upsampler(model.transformer(tokens, model.embed_camera(camera)))
     return planes.float()
 
@@ -414,23 +415,23 @@ def reconstruct_source(
     model, device = loaded.model, loaded.device
     out_dir.mkdir(parents=True, exist_ok=True)
     triplanes = encode_decode(model, image, camera, timings)
-    with _stage(timings, "mesh", device):
+    with timed_stage(timings, "mesh", device):
         mesh = extract_colored_mesh(model, triplanes, options)
     frames: list[np.ndarray] = []
     background = torch.tensor(background_of(loaded.config))
     if options.turntable_frames > 0:
-        with _stage(timings, "turntable", device):
+        with timed_stage(timings, "turntable", device):
             frames = render_turntable(model, triplanes, options, background)
     files: dict[str, Path] = {}
     splat_report = None
     if "splat" in options.formats:
-        with _stage(timings, "splat", device):
+        with timed_stage(timings, "splat", device):
             try:
                 splat_files, splat_report = splat_stage(model, triplanes, mesh, options, out_dir, background)
                 files.update(splat_files)
             except EmptyReconstructionError as err:  # the mesh and the rest are still worth writing
                 splat_report = {"error": str(err)}
-    with _stage(timings, "write", device):
+    with timed_stage(timings, "write", device):
         mesh_formats = tuple(fmt for fmt in dict.fromkeys(options.formats) if fmt != "splat")
         if mesh_formats:
             files |= {f"mesh_{fmt}": path for fmt, path in save_mesh(mesh, out_dir, "mesh", mesh_formats).items()}
@@ -474,7 +475,7 @@ def reconstruct_file(
     dm = loaded.config.pipeline.datamanager
     if foreground_ratio is None:  # the model's own preset (TripoSR 0.85, OpenLRM 0.8)
         foreground_ratio = dm.photo_foreground_ratio
-    with _stage(timings, "preprocess", loaded.device):
+    with timed_stage(timings, "preprocess", loaded.device):
         pre = preprocess_image(
             path,
             size=dm.source_resolution,
