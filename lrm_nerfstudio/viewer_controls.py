@@ -22,7 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from nerfstudio.utils.rich_utils import CONSOLE
-from nerfstudio.viewer.viewer_elements import ViewerButton, ViewerControl, ViewerDropdown, ViewerElement
+from nerfstudio.viewer.viewer_elements import (
+    ViewerButton,
+    ViewerCheckbox,
+    ViewerControl,
+    ViewerDropdown,
+    ViewerElement,
+)
 from PIL import Image
 from torch import Tensor, nn
 from viser import ViserServer
@@ -162,6 +168,20 @@ class LRMViewerControls(nn.Module):
             hint="An RGBA image, or RGB on a plain background: reconstructed from the current weights",
         )
         self.e_status = ViewerMarkdown("Status")
+        # gsplat's CUDA extension is checked when the box is ticked, not here: its first use may compile it
+        on_cuda = pipeline.model.device.type == "cuda"
+        self.f_splat_preview = ViewerCheckbox(
+            "Gaussian preview (gsplat)",
+            False,
+            disabled=not on_cuda,
+            cb_hook=lambda element: self.set_splat_preview(element.value),
+            hint=(
+                f"Rasterise {pipeline.model.config.preview_num_gaussians:,} Gaussians of the reconstruction with "
+                "gsplat instead of volume rendering it"
+                if on_cuda
+                else "Needs CUDA: gsplat's rasteriser has no CPU kernel, so the viewer volume-renders the triplane"
+            ),
+        )
         self.start_view = StartView()
         self._show_source()
 
@@ -219,6 +239,24 @@ class LRMViewerControls(nn.Module):
         with self._lock:
             self._pipeline.model.refresh_display()
             self._status(f"Re-running the prediction of **{self._datamanager.display_source[2]}**.")
+
+    def set_splat_preview(self, on: bool) -> bool:
+        """Render the viewer's cameras with gsplat (True) or the volume renderer (False); False and a status message
+        when gsplat cannot run here."""
+        from lrm_nerfstudio.splat.render import gsplat_unavailable_reason
+
+        with self._lock:
+            model = self._pipeline.model
+            reason = gsplat_unavailable_reason(model.device) if on else None
+            model.splat_preview = on and reason is None
+            if reason is not None:
+                return self._report(f"No Gaussian preview: {reason}. The viewer keeps volume rendering.")
+            self._status(
+                f"Gaussian preview: {model.config.preview_num_gaussians:,} Gaussians rasterised by gsplat."
+                if on
+                else "Volume rendering the triplane."
+            )
+            return True
 
     def upload(self, name: str, data: bytes) -> bool:
         """Reconstruct an uploaded image; on bad input report why and leave the display unchanged."""

@@ -99,6 +99,8 @@ class LRMModelConfig(ModelConfig):
     """The triplane shown in the viewer and used by exporters is re-predicted after this many training steps."""
     compute_normals_in_training: bool = False
     """Render normals for training rays too (costs a density-gradient pass)."""
+    preview_num_gaussians: int = 100_000
+    """Gaussians of the viewer's gsplat preview (its "Gaussian preview" checkbox; CUDA only)."""
     init_from: Path | None = None
     """Start training from these weights: a file of lrm-import-weights / lrm-export-weights, or a released
     TripoSR / OpenLRM folder. Its architecture replaces this config's (ARCHITECTURE_FIELDS, and the source image
@@ -146,6 +148,10 @@ class LRMModel(Model):
         self._display_triplanes: Tensor | None = None
         self._display_step = -1
         self._step = 0
+        self.splat_preview = False
+        """Render source-less cameras (the viewer) by rasterising Gaussians of the display triplane with gsplat
+        (`render_camera_gaussians`) instead of volume rendering; the viewer's checkbox sets it. CUDA only."""
+        self._preview: tuple[Tensor, Any] | None = None  # (display triplane, its Gaussians)
 
     # ----------------------------------------------------------------------------------------------- parameters
     def get_param_groups(self) -> dict[str, list[Parameter]]:
@@ -337,6 +343,45 @@ class LRMModel(Model):
                     self._display_triplanes = self.predict_triplanes(image[None], camera[None])
                 self._display_step = self._step
             return self._display_triplanes
+
+    @torch.no_grad()
+    def render_camera_gaussians(self, camera: Cameras) -> dict[str, Tensor]:
+        """Render one camera view of the display triplane as Gaussians with gsplat: the viewer's fast preview.
+
+        The Gaussians (`preview_num_gaussians` of them, `lrm_nerfstudio.splat.gaussians_from_triplane`) are made
+        once per display triplane, so they follow training at its display refresh.
+
+        Raises:
+            GsplatUnavailableError: no CUDA device or no gsplat extension here.
+            EmptyReconstructionError: the display triplane holds no surface to place Gaussians on.
+        """
+        from lrm_nerfstudio.splat.convert import SplatConversionConfig, gaussians_from_triplane
+        from lrm_nerfstudio.splat.render import GsplatUnavailableError, gsplat_unavailable_reason, render_gaussians
+
+        reason = gsplat_unavailable_reason(self.device)
+        if reason is not None:
+            raise GsplatUnavailableError(reason)
+        triplanes = self.display_triplanes()
+        cached = self._preview
+        if cached is None or cached[0] is not triplanes:
+            conversion = SplatConversionConfig(num_gaussians=self.config.preview_num_gaussians)
+            cached = self._preview = (triplanes, gaussians_from_triplane(self.field, triplanes, conversion))
+        white = torch.ones(3, device=self.device)
+        rgb, accumulation = render_gaussians(cached[1], camera.to(self.device), white)
+        return {"rgb": rgb[0], "accumulation": accumulation[0]}
+
+    def get_outputs_for_camera(self, camera: Cameras, obb_box=None) -> dict[str, Tensor]:
+        """nerfstudio's viewer render: gsplat's rasteriser when the Gaussian preview is on and can run, else the
+        volume renderer (also when the reconstruction is still empty)."""
+        if self.splat_preview:
+            from lrm_nerfstudio.splat.gaussians import EmptyReconstructionError
+            from lrm_nerfstudio.splat.render import GsplatUnavailableError
+
+            try:
+                return self.render_camera_gaussians(camera)
+            except (GsplatUnavailableError, EmptyReconstructionError):
+                pass
+        return super().get_outputs_for_camera(camera, obb_box=obb_box)
 
     # ----------------------------------------------------------------------------------------------- nerfstudio API
     def forward(

@@ -7,10 +7,13 @@ import pytest
 import torch
 from conftest import tiny_trainer_config
 from nerfstudio.viewer.utils import parse_object
-from nerfstudio.viewer.viewer_elements import ViewerButton, ViewerDropdown, ViewerElement
+from nerfstudio.viewer.viewer_elements import ViewerButton, ViewerCheckbox, ViewerDropdown, ViewerElement
 from PIL import Image
 
 from lrm_nerfstudio.lrm_config import lrm_method, lrm_tiny_method
+from lrm_nerfstudio.splat.reference import sphere_triplane
+from lrm_nerfstudio.splat.refine import distillation_cameras
+from lrm_nerfstudio.splat.render import gsplat_unavailable_reason
 from lrm_nerfstudio.viewer_controls import LRMViewerControls, ViewerMarkdown, ViewerUpload
 
 
@@ -54,6 +57,7 @@ def test_viewer_finds_the_controls_through_the_pipeline(pipeline):
     assert isinstance(controls.b_source_image, ViewerMarkdown)
     assert isinstance(controls.c_refresh, ViewerButton)
     assert isinstance(controls.d_upload, ViewerUpload)
+    assert isinstance(controls.f_splat_preview, ViewerCheckbox) and controls.f_splat_preview.default_value is False
     assert "data:image/png;base64," in controls.b_source_image.content
     assert not list(controls.parameters()) and not controls.state_dict()  # nothing added to checkpoints
 
@@ -158,3 +162,48 @@ def test_test_mode_pipeline_has_the_controls(procedural_dataset):
 def test_viewer_binds_localhost(method):
     assert method.config.vis == "viewer"
     assert method.config.viewer.websocket_host == "127.0.0.1"
+
+
+GSPLAT_REASON = gsplat_unavailable_reason()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_gaussian_preview_says_it_needs_cuda_and_keeps_volume_rendering(pipeline):
+    controls, model = pipeline.viewer_controls, pipeline.model
+    box = controls.f_splat_preview
+    assert box.disabled and "Needs CUDA" in box.hint
+    assert not controls.set_splat_preview(True)
+    assert "No Gaussian preview" in controls.status and "CUDA" in controls.status and not model.splat_preview
+    camera = distillation_cameras(1, 16)
+    model.eval()
+    volume = model.get_outputs_for_camera(camera)
+    model.splat_preview = True  # forced on where gsplat cannot run: the volume render, not an error
+    try:
+        fallback = model.get_outputs_for_camera(camera)
+    finally:
+        model.splat_preview = False
+        model.train()
+    assert fallback.keys() == volume.keys()
+    torch.testing.assert_close(fallback["rgb"], volume["rgb"])
+    assert controls.set_splat_preview(False) and "Volume rendering" in controls.status
+
+
+@pytest.mark.skipif(GSPLAT_REASON is not None, reason=str(GSPLAT_REASON))
+def test_gaussian_preview_renders_the_display_triplane_with_gsplat(procedural_dataset, monkeypatch):
+    """On CUDA the ticked box makes the viewer's render gsplat's: the silhouette of the display triplane's sphere."""
+    pipeline = tiny_trainer_config(procedural_dataset).pipeline.setup(device="cuda", test_mode="val")
+    model = pipeline.model.eval()
+    field, planes = sphere_triplane(torch.tensor([0.1, -0.2, 0.15]), 0.5)
+    model.field = field.cuda()
+    planes = planes.cuda()
+    monkeypatch.setattr(model, "display_triplanes", lambda: planes)
+    camera = distillation_cameras(1, 64)
+    volume = model.get_outputs_for_camera(camera)
+    assert pipeline.viewer_controls.set_splat_preview(True), pipeline.viewer_controls.status
+    splat = model.get_outputs_for_camera(camera)
+    assert "depth" not in splat and splat["rgb"].shape == volume["rgb"].shape == (64, 64, 3)
+    seen, expected = splat["accumulation"][..., 0] > 0.5, volume["accumulation"][..., 0] > 0.5
+    assert (seen & expected).sum() / (seen | expected).sum() > 0.9
+    gaussians = model._preview[1]
+    model.get_outputs_for_camera(camera)
+    assert model._preview[1] is gaussians and 0 < len(gaussians) <= model.config.preview_num_gaussians  # made once
