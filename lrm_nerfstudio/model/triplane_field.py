@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -16,10 +19,47 @@ from nerfstudio.fields.base_field import Field
 from torch import Tensor, nn
 
 INFERENCE_CHUNK = 2**18
-"""Most points decoded at once without autograd (bounds the activations' memory). Smaller pieces are a trade-off
-measured on the 2-core CPU: 8192 points ran 2.4x faster than one 2^18 batch on the idle machine (the activations
-stay in cache) but 4-6x slower when other processes contended for the cores (two threads waiting on each other
-for every small op), so the default is large."""
+"""Most points decoded at once without autograd on a GPU (bounds the activations' memory)."""
+
+QUERY_CHUNK = 8192
+"""Points per piece of a CPU query without autograd (marching cubes, evaluation and viewer renders). Pieces this
+small keep each layer's activations in the core's L2 cache; they go to `query_pool`'s threads, each running its
+ops single-threaded. Measured on the 2-core CPU at TripoSR's field sizes (2^18 points), against TripoSR's own loop
+(8192-point chunks, torch's two intra-op threads): 885 against 730-800 k points/s idle, and 528 against 229-251
+k/s with three other processes on the cores, where intra-op threads wait on each other at every small op. One
+2^18 batch: 425 k/s idle. `scripts/benchmark.py` (`field_speed`) measures it."""
+
+_POOL: tuple[int, int, ThreadPoolExecutor] | None = None  # (process id, workers, pool)
+_POOL_LOCK = threading.Lock()
+_WORKER = threading.local()
+
+
+def _single_threaded_worker() -> None:
+    # torch's intra-op thread count is per thread once a thread has read it (OpenMP's per-thread ICV, MKL's local
+    # setting): read it first, then set this thread's to 1. That also sets torch's process-wide default, which
+    # query_pool restores once every worker has started.
+    torch.get_num_threads()
+    torch.set_num_threads(1)
+    _WORKER.active = True
+
+
+def query_pool() -> ThreadPoolExecutor | None:
+    """Threads for CPU field queries, as many as torch's intra-op threads, each running its ops single-threaded;
+    None when torch runs one thread. Made once per process (a forked child makes its own: threads do not survive
+    fork), and it leaves the calling thread's and new threads' thread counts as they were."""
+    global _POOL
+    n = torch.get_num_threads()
+    if n < 2:
+        return None
+    with _POOL_LOCK:
+        if _POOL is None or _POOL[0] != os.getpid() or _POOL[1] != n:
+            pool = ThreadPoolExecutor(n, thread_name_prefix="lrm-field-query", initializer=_single_threaded_worker)
+            started = threading.Barrier(n, timeout=60.0)  # all n workers exist (and ran the initializer) ...
+            list(pool.map(lambda _: started.wait(), range(n)))
+            torch.set_num_threads(n)  # ... before the process-wide default is put back
+            _POOL = (os.getpid(), n, pool)
+        return _POOL[2]
+
 
 # Which two world axes index each plane, in grid_sample order (width coordinate first).
 PLANE_AXES = ((0, 1), (0, 2), (1, 2))  # XY, XZ, YZ
@@ -131,11 +171,30 @@ class TriplaneField(Field):
         self, points: Float[Tensor, "B P 3"], triplanes: Float[Tensor, "B 3 C R R"]
     ) -> tuple[Float[Tensor, "B P 1"], Float[Tensor, "B P 3"], Bool[Tensor, "B P 1"]]:
         """Raw density (before bias/activation), RGB, and the inside-the-box mask."""
-        p = points.shape[1]
-        if p > INFERENCE_CHUNK and not torch.is_grad_enabled():
-            # pieces of INFERENCE_CHUNK points; with autograd the graph stays one piece
-            parts = [self._decode(points[:, i : i + INFERENCE_CHUNK], triplanes) for i in range(0, p, INFERENCE_CHUNK)]
-            return tuple(torch.cat(t, dim=1) for t in zip(*parts))  # type: ignore[return-value]
+        b, p, _ = points.shape
+        if not torch.is_grad_enabled():  # with autograd the graph stays one piece
+            chunk = max(1, QUERY_CHUNK // b) if points.device.type == "cpu" else INFERENCE_CHUNK
+            if p > chunk:
+                return self._decode_pieces(points, triplanes, chunk)
+        return self._decode_piece(points, triplanes)
+
+    def _decode_pieces(
+        self, points: Float[Tensor, "B P 3"], triplanes: Float[Tensor, "B 3 C R R"], chunk: int
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """`_decode` without autograd, `chunk` points of each object at a time (on `query_pool`'s threads on a CPU)."""
+
+        def piece(start: int) -> tuple[Tensor, Tensor, Tensor]:
+            with torch.no_grad():  # grad mode is per thread: the pool's threads start with it on
+                return self._decode_piece(points[:, start : start + chunk], triplanes)
+
+        starts = range(0, points.shape[1], chunk)
+        pool = query_pool() if points.device.type == "cpu" and not getattr(_WORKER, "active", False) else None
+        parts = list(pool.map(piece, starts)) if pool is not None else [piece(start) for start in starts]
+        return tuple(torch.cat(t, dim=1) for t in zip(*parts))  # type: ignore[return-value]
+
+    def _decode_piece(
+        self, points: Float[Tensor, "B P 3"], triplanes: Float[Tensor, "B 3 C R R"]
+    ) -> tuple[Float[Tensor, "B P 1"], Float[Tensor, "B P 3"], Bool[Tensor, "B P 1"]]:
         points = self.to_plane_coordinates(points)
         raw = self.run_mlp(self._features(points, triplanes))
         inside = (points.abs() <= 1.0).all(dim=-1, keepdim=True)

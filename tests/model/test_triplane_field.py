@@ -259,18 +259,67 @@ def test_inference_mlp_fast_path_equals_the_module():
         torch.testing.assert_close(g, w, rtol=0, atol=0)
 
 
-def test_inference_in_chunks_equals_one_batch(monkeypatch):
-    """Without autograd, more than INFERENCE_CHUNK points are decoded piece by piece: the same values."""
+@pytest.mark.parametrize("threads", [1, 2])
+def test_inference_in_chunks_equals_one_batch(monkeypatch, threads):
+    """Without autograd, a CPU query goes piece by piece (on query_pool's threads when torch has two): same values."""
     from lrm_nerfstudio.model import triplane_field as tf
 
     torch.manual_seed(0)
     field = TriplaneFieldConfig(triplane_dim=8, hidden_dim=16, num_hidden_layers=2).setup()
     planes = torch.randn(2, 3, 8, 16, 16)
-    monkeypatch.setattr(tf, "INFERENCE_CHUNK", 1000)
-    points = torch.rand(2, 3 * tf.INFERENCE_CHUNK + 5, 3) * 2.2 - 1.1
-    with torch.no_grad():
-        rgb, density = field.rgb_density_at(points, planes)
+    monkeypatch.setattr(tf, "QUERY_CHUNK", 2000)  # 1000 points of each of the 2 objects a piece
+    points = torch.rand(2, 3 * 1000 + 5, 3) * 2.2 - 1.1
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            rgb, density = field.rgb_density_at(points, planes)
+        assert torch.get_num_threads() == threads  # the pool leaves the caller's thread count alone
+    finally:
+        torch.set_num_threads(before)
     rgb_ref, density_ref = field.rgb_density_at(points, planes)  # autograd on: one piece
-    assert density_ref.requires_grad
+    assert density_ref.requires_grad and not density.requires_grad
     torch.testing.assert_close(rgb, rgb_ref, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(density, density_ref, rtol=1e-6, atol=1e-6)
+
+
+def test_query_pool_threads_run_single_threaded_and_leave_others_alone():
+    import threading
+
+    from lrm_nerfstudio.model.triplane_field import query_pool
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        pool = query_pool()
+        assert pool is not None and query_pool() is pool  # made once
+        assert list(pool.map(lambda _: torch.get_num_threads(), range(4))) == [1, 1, 1, 1]
+        assert torch.get_num_threads() == 2
+        seen = []
+        thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        thread.start()
+        thread.join()
+        assert seen == [2]  # a thread started later gets the process default, not the workers' 1
+        torch.set_num_threads(1)
+        assert query_pool() is None
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_query_pool_is_made_again_in_another_process(monkeypatch):
+    """Threads do not survive fork: a process whose id differs from the pool's maker gets a pool of its own."""
+    import os
+
+    from lrm_nerfstudio.model import triplane_field as tf
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        parent = tf.query_pool()
+        pid = os.getpid()
+        monkeypatch.setattr(tf.os, "getpid", lambda: pid + 1)
+        child = tf.query_pool()
+        assert child is not None and child is not parent and tf.query_pool() is child
+        assert list(child.map(lambda _: torch.get_num_threads(), range(2))) == [1, 1]
+    finally:
+        torch.set_num_threads(before)
