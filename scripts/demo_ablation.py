@@ -52,6 +52,7 @@ def _lr(group: str, lr: float) -> Callable[[TrainerConfig], None]:
 
 
 MODEL = "pipeline.model"
+DM = "pipeline.datamanager"
 CANDIDATES: dict[str, list[Callable[[TrainerConfig], None]]] = {
     "baseline": [],
     "bias-1": [_set(f"{MODEL}.field.density_bias", -1.0)],
@@ -70,6 +71,13 @@ CANDIDATES: dict[str, list[Callable[[TrainerConfig], None]]] = {
         _set(f"{MODEL}.num_importance_samples", 8),
     ],
     "bias-4-lr-2x": [_set(f"{MODEL}.field.density_bias", -4.0), _lr("decoder", 2e-3), _lr("encoder", 6e-4)],
+    # batch shape at the same rays per step (4096): more objects, fewer views of each
+    "objects-8-views-2": [_set(f"{DM}.objects_per_batch", 8), _set(f"{DM}.target_views_per_object", 2)],
+    "objects-16-views-1": [_set(f"{DM}.objects_per_batch", 16), _set(f"{DM}.target_views_per_object", 1)],
+    "objects-2-views-8": [_set(f"{DM}.objects_per_batch", 2), _set(f"{DM}.target_views_per_object", 8)],
+    # sharper targets: patches from larger renders (the demo: 16^2 patches of 16-24^2 renders)
+    "render-32-48": [_set(f"{DM}.render_resolution_range", (32, 48))],
+    "planes-16": [_set(f"{MODEL}.transformer.triplane_low_res", 16)],
 }
 """Named candidates: edits applied to the demo's trainer config."""
 
@@ -84,6 +92,11 @@ DESCRIPTIONS = {
     "samples-24-8": "24 uniform + 8 importance samples (demo: 16 + 16)",
     "bias-4-samples-24-8": "density bias -4, 24 + 8 samples",
     "bias-4-lr-2x": "density bias -4, learning rates x2 (decoder 2e-3, encoder 6e-4)",
+    "objects-8-views-2": "8 objects x 2 views a step (demo: 4 x 4; same rays)",
+    "objects-16-views-1": "16 objects x 1 view a step (demo: 4 x 4; same rays)",
+    "objects-2-views-8": "2 objects x 8 views a step (demo: 4 x 4; same rays)",
+    "render-32-48": "16^2 patches from 32-48^2 renders (demo: 16-24^2)",
+    "planes-16": "16^2 token planes, 32^2 triplane (demo: 8^2, 16^2)",
 }
 
 
@@ -127,11 +140,11 @@ def _init_accumulation(pipeline) -> float:
 
 
 @torch.no_grad()
-def evaluate(pipeline, max_objects: int | None) -> dict[str, float]:
-    """PSNR / SSIM / background PSNR / mask IoU averaged over the held-out test views."""
+def evaluate(pipeline, max_objects: int | None, split: str = "test") -> dict[str, float]:
+    """PSNR / SSIM / background PSNR / mask IoU averaged over the non-source views of `split`'s objects."""
     pipeline.eval()
     rows = []
-    for camera, batch in pipeline.datamanager.iter_eval_views(split="test", max_objects=max_objects):
+    for camera, batch in pipeline.datamanager.iter_eval_views(split=split, max_objects=max_objects):
         outputs = pipeline.render_eval_view(camera, batch)
         image = batch["image"]
         row = pipeline.model.image_metrics(outputs["rgb"], image)
@@ -167,6 +180,7 @@ def run_candidate(config: AblationConfig, name: str) -> dict:
     trainer_cfg.steps_per_eval_all_images = 10**9
     trainer_cfg.steps_per_save = config.steps
     trainer_cfg.set_timestamp()
+    trainer_cfg.save_config()  # the run's config.yml, for ns-viewer / lrm-reconstruct / lrm-eval afterwards
     _seed(config.seed)
     trainer = trainer_cfg.setup(local_rank=0, world_size=1)
     trainer.setup()
@@ -178,6 +192,9 @@ def run_candidate(config: AblationConfig, name: str) -> dict:
         trainer.shutdown()
     train_s = time.perf_counter() - start
     metrics = evaluate(trainer.pipeline, config.eval_max_objects)
+    # the same measures on as many training objects: a gap to the held-out ones is over-fitting, none is under-fitting
+    num_test = len(trainer.pipeline.datamanager.dataparser.object_ids("test"))
+    seen = evaluate(trainer.pipeline, config.eval_max_objects or num_test, split="train")
     return {
         "candidate": name,
         "settings": DESCRIPTIONS.get(name, name),
@@ -189,20 +206,28 @@ def run_candidate(config: AblationConfig, name: str) -> dict:
         "init_accumulation": round(init_acc, 4),
         **{k: round(v, 4) for k, v in metrics.items()},
         "psnr_over_background": round(metrics["psnr"] - metrics["background_psnr"], 3),
+        "train_psnr": round(seen["psnr"], 4),
+        "train_mask_iou": round(seen["mask_iou"], 4),
     }
+
+
+def _cell(row: dict, key: str, fmt: str) -> str:
+    """A table cell; rows written before the runner measured `key` show a dash."""
+    return format(row[key], fmt) if key in row else "-"
 
 
 def write_table(results: list[dict], path: Path) -> None:
     """Markdown table of all runs in `results`."""
     head = (
-        "| candidate | settings | seed | steps | train s | s/step | init acc | PSNR | bg PSNR | +dB | SSIM | mask IoU |"
+        "| candidate | settings | seed | steps | train s | s/step | init acc | PSNR | bg PSNR | +dB | SSIM | mask IoU | train PSNR | train IoU |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         lines.append(
             f"| {r['candidate']} | {r['settings']} | {r.get('seed', 0)} | {r['steps']} | {r['train_s']:.0f} | {r['s_per_step']:.2f} | "
             f"{r['init_accumulation']:.3f} | {r['psnr']:.2f} | {r['background_psnr']:.2f} | "
-            f"{r['psnr_over_background']:+.2f} | {r['ssim']:.3f} | {r['mask_iou']:.3f} |"
+            f"{r['psnr_over_background']:+.2f} | {r['ssim']:.3f} | {r['mask_iou']:.3f} | "
+            f"{_cell(r, 'train_psnr', '.2f')} | {_cell(r, 'train_mask_iou', '.3f')} |"
         )
     path.write_text("\n".join(lines) + "\n")
 

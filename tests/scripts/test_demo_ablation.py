@@ -32,15 +32,16 @@ def test_two_candidates_two_steps(procedural_dataset, tmp_path):
     assert [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()] == rows
     for row in rows:
         assert row["steps"] == 2
-        for key in ("psnr", "ssim", "background_psnr", "mask_iou", "init_accumulation", "train_s"):
+        for key in ("psnr", "ssim", "background_psnr", "mask_iou", "init_accumulation", "train_s", "train_psnr"):
             assert math.isfinite(row[key]), key
-        assert 0.0 <= row["mask_iou"] <= 1.0
+        assert 0.0 <= row["mask_iou"] <= 1.0 and 0.0 <= row["train_mask_iou"] <= 1.0
     # the lower bias starts from a much emptier box
     assert rows[1]["init_accumulation"] < rows[0]["init_accumulation"] / 5
     table = (tmp_path / "results.md").read_text().splitlines()
     assert (
         len(table) == 4
         and "| seed |" in table[0]
+        and table[0].endswith("| train PSNR | train IoU |")
         and table[2].startswith("| bias-1 |")
         and table[3].startswith("| bias-4 |")
     )
