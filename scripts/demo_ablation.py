@@ -39,6 +39,8 @@ def _set(path: str, value) -> Callable[[TrainerConfig], None]:
         obj = trainer
         for part in parents:
             obj = getattr(obj, part)
+        if not hasattr(obj, name):  # a misspelt setting would otherwise become a new, unread attribute
+            raise AttributeError(f"demo_ablation: the trainer config has no setting {path!r}")
         setattr(obj, name, value)
 
     return edit

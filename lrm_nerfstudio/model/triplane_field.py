@@ -25,9 +25,10 @@ QUERY_CHUNK = 8192
 """Points per piece of a CPU query without autograd (marching cubes, evaluation and viewer renders). Pieces this
 small keep each layer's activations in the core's L2 cache; they go to `query_pool`'s threads, each running its
 ops single-threaded. Measured on the 2-core CPU at TripoSR's field sizes (2^18 points), against TripoSR's own loop
-(8192-point chunks, torch's two intra-op threads): 885 against 730-800 k points/s idle, and 528 against 229-251
-k/s with three other processes on the cores, where intra-op threads wait on each other at every small op. One
-2^18 batch: 425 k/s idle. `scripts/benchmark.py` (`field_speed`) measures it."""
+(8192-point chunks, torch's two intra-op threads), in one run: 1.01-1.08 M against 0.92-0.97 M points/s idle
+(one 2^18 batch, the earlier default: 0.37-0.43 M/s), and 528 against 229-251 k/s with three other processes on
+the cores, where intra-op threads wait on each other at every small op. `scripts/benchmark.py` (`field_speed`)
+measures it."""
 
 _POOL: tuple[int, int, ThreadPoolExecutor] | None = None  # (process id, workers, pool)
 _POOL_LOCK = threading.Lock()
@@ -188,6 +189,7 @@ class TriplaneField(Field):
                 return self._decode_piece(points[:, start : start + chunk], triplanes)
 
         starts = range(0, points.shape[1], chunk)
+        # never from a pool thread into its own pool: with every worker waiting on pieces, none would run them
         pool = query_pool() if points.device.type == "cpu" and not getattr(_WORKER, "active", False) else None
         parts = list(pool.map(piece, starts)) if pool is not None else [piece(start) for start in starts]
         return tuple(torch.cat(t, dim=1) for t in zip(*parts))  # type: ignore[return-value]

@@ -314,6 +314,7 @@ def test_query_pool_is_made_again_in_another_process(monkeypatch):
 
     before = torch.get_num_threads()
     torch.set_num_threads(2)
+    monkeypatch.setattr(tf, "_POOL", tf._POOL)  # afterwards this process keeps its own pool
     try:
         parent = tf.query_pool()
         pid = os.getpid()

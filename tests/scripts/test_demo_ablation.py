@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -51,3 +52,26 @@ def test_unknown_candidate_is_named(tmp_path):
     ablation = load_script()
     with pytest.raises(ValueError, match="unknown candidate.*'nope'"):
         ablation.main(ablation.AblationConfig(data=tmp_path, output_dir=tmp_path / "o", candidates=["nope"]))
+
+
+def test_every_candidate_applies_and_docs_name_only_known_ones():
+    """Each candidate's edits reach real settings of the demo's trainer, and every runner command in
+    docs/TRAINING.md names candidates the runner has (with a description for its table)."""
+    from lrm_nerfstudio.scripts.demo import DemoConfig, trainer_config
+
+    ablation = load_script()
+    for name, edits in ablation.CANDIDATES.items():
+        trainer = trainer_config(DemoConfig(viewer=False))
+        for edit in edits:
+            edit(trainer)
+        assert name in ablation.DESCRIPTIONS, name
+    trainer = trainer_config(DemoConfig(viewer=False))
+    ablation.CANDIDATES["objects-16-views-1"][0](trainer)
+    assert trainer.pipeline.datamanager.objects_per_batch == 16
+    with pytest.raises(AttributeError, match="objects_per_batchh"):
+        ablation._set("pipeline.datamanager.objects_per_batchh", 3)(trainer)
+    docs = (SCRIPT.parents[1] / "docs" / "TRAINING.md").read_text()
+    named = [m.split() for m in re.findall(r"demo_ablation\.py [^\n]*--candidates ([^\n`]+)", docs)]
+    assert len(named) >= 10
+    for names in named:
+        assert set(names) <= set(ablation.CANDIDATES), names
