@@ -284,14 +284,18 @@ def marching_cubes_blocks(grid: np.ndarray, level: float, block: int = 64) -> tu
 COARSE_MIN_CELLS = 48
 """The coarse lattice has at least this many cells per axis (its stride is the largest power of two allowing it)."""
 THIN_MARGIN = 0.5
-"""Coarse cells whose densest corner reaches this fraction of a positive level are refined even if no corner lies
-above it (parts thinner than the coarse stride then survive when their density reaches the coarse lattice)."""
+"""Coarse cells whose densest corner reaches this fraction of a positive level are candidates for refining even if
+no corner lies above it (parts thinner than the coarse stride then survive when their density reaches the coarse
+lattice); a candidate is queried whole when its half-stride points cross the level or rise inside it
+(`_thin_seeds`)."""
 THIN_MARGIN_MAX_FRACTION = 0.1
-"""Above this fraction of coarse cells flagged, the thin-part margin is dropped (see `coarse_to_fine_cells`)."""
+"""Above this fraction of coarse cells flagged, the thin-part margin is dropped (see `coarse_to_fine_bricks`)."""
 DENSE_ABOVE_FRACTION = 0.4
 """If more coarse cells than this fraction need refining, `extract_mesh` queries the dense lattice instead."""
-_BRICK = 32
-"""Cells per axis of the dense bricks that marching cubes runs on at the end."""
+_SUPER = 32
+"""Cells per axis of the dense blocks that marching cubes runs on at the end (several bricks each)."""
+_CELLS_PER_PASS = 2**20
+"""Cells handled at once by the brick search: bounds its temporary arrays (about 50 MB)."""
 
 
 def coarse_stride(resolution: int) -> int:
@@ -301,79 +305,37 @@ def coarse_stride(resolution: int) -> int:
     return 1 << max(0, math.floor(math.log2(max(1.0, cells / COARSE_MIN_CELLS))))
 
 
-_CORNERS = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], dtype=np.int32)
-_NEIGHBOURS = np.array([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)], dtype=np.int32)
+_CORNERS = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], dtype=np.int64)
+_FACES = np.array([[-1, 0, 0], [1, 0, 0], [0, -1, 0], [0, 1, 0], [0, 0, -1], [0, 0, 1]], dtype=np.int64)
 
 
-class _SparseLattice:
-    """Densities on a sparse subset of the (n + 1)^3 lattice, queried on demand.
+class _BrickLattice:
+    """Densities of a (n + 1)^3 lattice, queried brick by brick: a brick is one coarse cell, `size`^3 lattice cells.
 
-    Storage is block-sparse: the lattice is tiled into `block`^3 tiles, and a tile gets a dense float32 array (NaN =
-    not queried) the first time one of its points is queried, so memory follows the surface, not the volume, and
-    a lookup is plain indexing.
+    A brick owns the `size`^3 lattice points at its origin's side ([a*size, (a+1)*size) per axis), stored densely
+    in a slot of `values` (NaN: not queried). A brick's cell corners are its own points plus the first face, edge
+    and corner points of its seven + neighbours, so processing a brick queries those layers of the neighbours and
+    nothing more. Every lattice point is queried at most once, memory follows the surface, and the bookkeeping is
+    array indexing on the small grid of bricks.
     """
 
     def __init__(
-        self, density_fn: DensityFn, lo: np.ndarray, step: np.ndarray, n: int, chunk_size: int, device, block: int
-    ):
-        if block & (block - 1):
-            raise ValueError(f"_SparseLattice: block must be a power of two, got {block}")
-        self.density_fn, self.lo, self.step, self.n = density_fn, lo, step, n
-        self.chunk_size, self.device, self.block = chunk_size, device, block
-        self.shift = block.bit_length() - 1
-        tiles = (n >> self.shift) + 1
-        # int32 indices where they fit: half the memory traffic of the index arithmetic
-        self.itype = np.int32 if max((n + 1) ** 3, tiles**3 * block**3) < 2**31 else np.int64
-        self.tile_of = np.zeros((tiles,) * 3, self.itype)  # 0: the all-NaN tile (nothing queried there yet)
-        self.pool = np.full(block**3, np.nan, np.float32)  # tiles, flattened
-        self.tiles = 1
+        self, density_fn: DensityFn, lo: np.ndarray, step: np.ndarray, n: int, size: int, chunk_size, device
+    ) -> None:
+        self.density_fn, self.lo, self.step, self.n, self.size = density_fn, lo, step, n, size
+        self.chunk_size, self.device = chunk_size, device
+        self.bricks = n // size  # bricks with cells per axis; index `bricks` owns only the last lattice plane
+        self.slot = np.full((self.bricks + 1,) * 3, -1, np.int64)
+        self.brick_of = np.zeros((0, 3), np.int64)  # slot -> brick
+        self.values = np.empty((0, size, size, size), np.float32)
+        self.used = 0
         self.queried = 0
+        self._local = np.stack(np.meshgrid(*(np.arange(size),) * 3, indexing="ij"), -1).reshape(-1, 3)
+        self.all_corners = np.stack(np.meshgrid(*(np.arange(size + 1),) * 3, indexing="ij"), -1).reshape(-1, 3)
+        """Every corner of a brick's cells, in brick-local coordinates [0, size]^3."""
 
-    def key(self, idx: np.ndarray) -> np.ndarray:
-        """Linear keys of lattice indices [..., 3]."""
-        m = self.n + 1
-        return (idx[..., 0] * m + idx[..., 1]) * m + idx[..., 2]
-
-    def _flat(self, idx: np.ndarray) -> np.ndarray:
-        sh, mask, t = self.shift, self.block - 1, self.tile_of.shape[0]
-        i, j, k = idx[..., 0], idx[..., 1], idx[..., 2]
-        tile = np.take(self.tile_of, ((i >> sh) * t + (j >> sh)) * t + (k >> sh))
-        return (((tile << sh) | (i & mask)) << sh | (j & mask)) << sh | (k & mask)
-
-    def values(self, idx: np.ndarray) -> np.ndarray:
-        """Densities at lattice indices [..., 3]; NaN where not queried."""
-        return self.pool[self._flat(idx)]
-
-    def ensure(self, idx: np.ndarray) -> None:
-        """Query the density at every lattice index [..., 3] not known yet."""
-        idx = idx.reshape(-1, 3)
-        idx = idx[np.isnan(self.values(idx))]
-        if len(idx) == 0:
-            return
-        m = self.n + 1
-        keys = np.unique(self.key(idx))
-        idx = np.stack([keys // (m * m), (keys // m) % m, keys % m], axis=-1)
-        tiles = idx >> self.shift
-        new_tiles = tiles[self.tile_of[tiles[:, 0], tiles[:, 1], tiles[:, 2]] == 0]
-        if len(new_tiles):
-            t = _unique_cells(new_tiles, self.n)
-            self.tile_of[t[:, 0], t[:, 1], t[:, 2]] = self.tiles + np.arange(len(t), dtype=self.itype)
-            self.tiles += len(t)
-            if self.tiles * self.block**3 > len(self.pool):  # grow by doubling: amortised, not a copy per call
-                grown = np.full(max(2 * len(self.pool), self.tiles * self.block**3), np.nan, np.float32)
-                grown[: len(self.pool)] = self.pool
-                self.pool = grown
-        if len(new_tiles):  # coarse lattice points of the new tiles: copied, not queried again
-            ids = self.tile_of[t[:, 0], t[:, 1], t[:, 2]][:, None, None, None]
-            k = np.arange(0, self.block, self.stride)
-            pool = self.pool[: self.tiles * self.block**3].reshape(-1, self.block, self.block, self.block)
-            pool[ids, k[:, None, None], k[None, :, None], k[None, None, :]] = self._coarse_tiles[
-                t[:, 0], t[:, 1], t[:, 2]
-            ]
-            idx = idx[np.isnan(self.values(idx))]
-        self.pool[self._flat(idx)] = self._query(idx)
-
-    def _query(self, idx: np.ndarray) -> np.ndarray:
+    def query(self, idx: np.ndarray) -> np.ndarray:
+        """Densities at lattice indices [P, 3] (float32; non-finite values stored as 0 / the largest float32)."""
         vals = np.empty(len(idx), np.float32)
         for i in range(0, len(idx), self.chunk_size):
             pts = torch.as_tensor(self.lo + idx[i : i + self.chunk_size] * self.step, dtype=torch.float32)
@@ -384,45 +346,173 @@ class _SparseLattice:
                 )
             vals[i : i + len(pts)] = out.detach().float().cpu().numpy()
         self.queried += len(idx)
-        # a NaN would read as "not queried": non-finite densities are stored as zero / the largest float32
         return np.nan_to_num(vals, nan=0.0, posinf=np.finfo(np.float32).max, neginf=0.0)
 
-    def query_coarse(self, stride: int) -> np.ndarray:
-        """Query the whole lattice of every `stride`-th point (a power of two up to `block`); returns it dense.
+    def query_coarse(self) -> np.ndarray:
+        """The whole coarse lattice (every `size`-th point), dense [bricks + 1]^3 (the bricks' first points)."""
+        g = np.arange(0, self.n + 1, self.size)
+        pts = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)
+        self.coarse = self.query(pts).reshape((len(g),) * 3)
+        return self.coarse
 
-        Kept apart from the tiles, so a tile is only allocated where finer points are queried."""
-        if stride & (stride - 1) or stride > self.block:
-            raise ValueError(f"_SparseLattice: stride must be a power of two <= {self.block}, got {stride}")
-        self.stride = stride
-        g = np.arange(0, self.n + 1, stride, dtype=self.itype)
-        coarse = self._query(np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)).reshape((len(g),) * 3)
-        per = self.block // stride
-        t = self.tile_of.shape[0]
-        padded = np.full((t * per,) * 3, np.nan, np.float32)
-        padded[: len(g), : len(g), : len(g)] = coarse
-        self._coarse_tiles = padded.reshape(t, per, t, per, t, per).transpose(0, 2, 4, 1, 3, 5)
-        return coarse
+    def _allocate(self, bricks: np.ndarray) -> None:
+        """Give `bricks` [K, 3] (unique) slots where they have none; their first point is the coarse lattice's."""
+        bricks = bricks[self.slot[bricks[:, 0], bricks[:, 1], bricks[:, 2]] < 0]
+        if len(bricks) == 0:
+            return
+        if self.used + len(bricks) > len(self.values):  # grow by doubling: amortised, not a copy per call
+            size = max(2 * len(self.values), self.used + len(bricks))
+            values = np.empty((size,) + self.values.shape[1:], np.float32)
+            values[: self.used] = self.values[: self.used]
+            brick_of = np.zeros((size, 3), np.int64)
+            brick_of[: self.used] = self.brick_of[: self.used]
+            self.values, self.brick_of = values, brick_of
+        slots = self.used + np.arange(len(bricks))
+        self.used += len(bricks)
+        self.slot[bricks[:, 0], bricks[:, 1], bricks[:, 2]] = slots
+        self.brick_of[slots] = bricks
+        self.values[slots] = np.nan
+        self.values[slots, 0, 0, 0] = self.coarse[bricks[:, 0], bricks[:, 1], bricks[:, 2]]
+
+    def fill(self, bricks: np.ndarray, corners: np.ndarray | None = None) -> None:
+        """Query the cell corners `corners` (brick-local [M, 3] in [0, size]^3; default all) of `bricks` [K, 3]
+        (unique, inside [0, bricks)^3) that are not known yet."""
+        s, s3 = self.size, self.size**3
+        corners = self.all_corners if corners is None else corners
+        offsets, local = corners // s, corners % s  # a corner is a point of the brick (offset 0) or of a + neighbour
+        lin = (local[:, 0] * s + local[:, 1]) * s + local[:, 2]
+        used = np.unique(offsets, axis=0)
+        self._allocate(np.unique((bricks[:, None, :] + used[None]).reshape(-1, 3), axis=0))
+        owner = bricks[:, None, :] + offsets[None]  # [K, M, 3]
+        need = (self.slot[owner[..., 0], owner[..., 1], owner[..., 2]] * s3 + lin[None]).ravel()
+        flat = self.values.reshape(-1)
+        need = np.unique(need[np.isnan(flat[need])])
+        for i in range(0, len(need), self.chunk_size):
+            part = need[i : i + self.chunk_size]
+            idx = self.brick_of[part // s3] * s + self._local[part % s3]
+            # points past the last lattice plane (owned by the top bricks) are never cell corners
+            flat[part] = self.query(np.minimum(idx, self.n))
+
+    def corner_blocks(self, bricks: np.ndarray) -> np.ndarray:
+        """[K, size + 1, size + 1, size + 1] densities at the cell corners of `bricks` (each and its + neighbours
+        filled)."""
+        s = self.size
+        out = np.empty((len(bricks), s + 1, s + 1, s + 1), np.float32)
+        for di, dj, dk in _CORNERS:
+            nb = bricks + (di, dj, dk)
+            v = self.values[self.slot[nb[:, 0], nb[:, 1], nb[:, 2]]]
+            out[:, di * s : s + di, dj * s : s + dj, dk * s : s + dk] = v[
+                :, : s if di == 0 else 1, : s if dj == 0 else 1, : s if dk == 0 else 1
+            ]
+        return out
 
 
-def _cell_corner_values(lattice: _SparseLattice, cells: np.ndarray, size: int) -> np.ndarray:
-    """[K, 8] densities at the corners of cells (origins [K, 3], edge `size`); NaN where unknown."""
-    return lattice.values(cells[:, None, :] + size * _CORNERS[None])
+def _crossing(blocks: np.ndarray, level: float) -> np.ndarray:
+    """[K, s, s, s] cells whose corners lie on both sides of `level`, from corner blocks [K, s + 1, s + 1, s + 1]."""
+    above = blocks > level
+    any_above = above[:, :-1, :-1, :-1].copy()
+    all_above = any_above.copy()
+    for i, j, k in _CORNERS[1:]:
+        corner = above[:, i : i + above.shape[1] - 1, j : j + above.shape[2] - 1, k : k + above.shape[3] - 1]
+        any_above |= corner
+        all_above &= corner
+    return any_above & ~all_above
 
 
 def _flag(values: np.ndarray, level: float, margin: float) -> np.ndarray:
-    """Cells that may hold surface: corners on both sides of the level, or (thin parts) all below a positive level
-    but the densest within `margin` of it."""
+    """Cells (rows of their corner values [K, 8]) that may hold surface: corners on both sides of the level, or
+    (thin parts) all below a positive level but the densest within `margin` of it."""
     with np.errstate(invalid="ignore"):
         above = values > level
         crossing = above.any(1) & ~above.all(1)
         if margin > 0 and level > 0:
-            peak = np.nanmax(values, axis=1)
+            peak = values.max(1)
             crossing |= (peak >= margin * level) & (peak <= level)
     return crossing
 
 
-_CELLS_PER_PASS = 2**21
-"""Cells handled at once by the coarse-to-fine search: bounds its temporary index arrays (about 100 MB)."""
+def coarse_to_fine_bricks(
+    lattice: _BrickLattice, grid: np.ndarray, level: float, cell_limit: int, margin: float | None = None
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The bricks that the `level` surface crosses and their corner densities, found coarse to fine.
+
+    Coarse cells that may hold surface (`_flag` on the coarse lattice `grid`, with the thin-part margin) are
+    queried whole at full resolution. The surface is then followed brick by brick: a brick with a crossing cell in
+    one of its six boundary layers brings in the brick across that face, until no new brick appears. Crossing
+    cells connect through shared faces, so every surface component the coarse search touches once comes out whole,
+    exactly as a dense lattice gives it. Cells at or past `cell_limit` per axis (the coarse lattice may overhang the
+    caller's) neither count nor spread.
+
+    Returns:
+        (bricks [K, 3], corner blocks [K, s + 1, s + 1, s + 1]) of the bricks with a crossing cell, or None when
+        more than `DENSE_ABOVE_FRACTION` of the coarse cells need refining (a surface everywhere, as in an
+        untrained model's fog): a dense query is then cheaper.
+    """
+    margin = THIN_MARGIN if margin is None else margin
+    s, nb = lattice.size, lattice.bricks
+    corners = np.stack([grid[i : i + nb, j : j + nb, k : k + nb] for i, j, k in _CORNERS], -1).reshape(-1, 8)
+    crossing = _flag(corners, level, 0.0).reshape(nb, nb, nb)
+    if crossing.sum() > DENSE_ABOVE_FRACTION * nb**3:
+        return None
+    thin = _flag(corners, level, margin).reshape(nb, nb, nb) & ~crossing
+    if crossing.mean() + thin.mean() > THIN_MARGIN_MAX_FRACTION:
+        # a foggy field (an undertrained model) sits near the level almost everywhere: the thin-part margin would
+        # refine the whole volume, so only crossing cells are refined
+        thin[:] = False
+    seen = np.zeros((nb, nb, nb), bool)
+    local = np.arange(s)
+    kept_bricks, kept_blocks = [np.zeros((0, 3), np.int64)], [np.zeros((0, s + 1, s + 1, s + 1), np.float32)]
+    # seeds: the crossing coarse cells, then the thin-part candidates that following the surface from those left
+    # unvisited and that the half-stride check keeps
+    for phase in ("crossing", "thin"):
+        frontier = (
+            np.argwhere(crossing) if phase == "crossing" else _thin_seeds(lattice, np.argwhere(thin & ~seen), level)
+        )
+        seen[frontier[:, 0], frontier[:, 1], frontier[:, 2]] = True
+        while len(frontier):
+            grown = []
+            for part in _parts(frontier, max(1, _CELLS_PER_PASS // s**3)):
+                lattice.fill(part)
+                blocks = lattice.corner_blocks(part)
+                cross = _crossing(blocks, level)
+                cell = part[:, None, :] * s + local[None, :, None]  # [K, s, 3]: cell index along each axis
+                inside = cell < cell_limit
+                cross &= inside[:, :, 0, None, None] & inside[:, None, :, 1, None] & inside[:, None, None, :, 2]
+                has = cross.reshape(len(part), -1).any(1)
+                kept_bricks.append(part[has])
+                kept_blocks.append(blocks[has])
+                layers = (
+                    cross[:, 0].any((1, 2)), cross[:, -1].any((1, 2)),
+                    cross[:, :, 0].any((1, 2)), cross[:, :, -1].any((1, 2)),
+                    cross[:, :, :, 0].any((1, 2)), cross[:, :, :, -1].any((1, 2)),
+                )  # fmt: skip
+                for face, hit in zip(_FACES, layers):
+                    nbr = part[hit] + face
+                    nbr = nbr[((nbr >= 0) & (nbr < nb)).all(1)]
+                    grown.append(nbr[~seen[nbr[:, 0], nbr[:, 1], nbr[:, 2]]])
+            frontier = np.unique(np.concatenate(grown), axis=0) if grown else frontier[:0]
+            seen[frontier[:, 0], frontier[:, 1], frontier[:, 2]] = True
+    return np.concatenate(kept_bricks), np.concatenate(kept_blocks)
+
+
+def _thin_seeds(lattice: _BrickLattice, candidates: np.ndarray, level: float) -> np.ndarray:
+    """The thin-part candidates (bricks whose densest coarse corner is within the margin below the level) worth
+    querying whole: those whose half-stride lattice crosses the level, or rises inside the brick to at least its
+    densest corner. A smooth fall-off outside a surface (a trained model's soft shell) peaks at a corner and is
+    skipped; something thinner than the stride between the coarse points raises the inside."""
+    s = lattice.size
+    if s < 2 or len(candidates) == 0:
+        return candidates
+    h = s // 2
+    sub = lattice.all_corners[(lattice.all_corners % h == 0).all(1)]  # the 3^3 half-stride points
+    corner = (sub % s == 0).all(1)
+    keep = []
+    for part in _parts(candidates, max(1, _CELLS_PER_PASS // 27)):
+        lattice.fill(part, sub)
+        vals = lattice.corner_blocks(part)[:, ::h, ::h, ::h].reshape(len(part), 27)
+        peak = vals[:, corner].max(1)
+        keep.append(part[(vals[:, ~corner].max(1) >= peak) | (vals.max(1) > level)])
+    return np.concatenate(keep)
 
 
 def _parts(cells: np.ndarray, size: int):
@@ -431,122 +521,47 @@ def _parts(cells: np.ndarray, size: int):
         yield cells[i : i + size]
 
 
-def _unique_cells(cells: np.ndarray, n: int) -> np.ndarray:
-    """Unique rows of integer cell origins [K, 3] in [0, n] (sorted by their linear key)."""
-    m = n + 1
-    keys = np.unique((cells[:, 0] * m + cells[:, 1]) * m + cells[:, 2])
-    return np.stack([keys // (m * m), (keys // m) % m, keys % m], axis=-1)
-
-
-def _dilate(cells: np.ndarray, size: int, limit: int) -> np.ndarray:
-    """Unique cells (origins, multiples of `size`) of the 3x3x3 neighbourhood of `cells`, inside [0, limit)."""
-    if len(cells) == 0:
-        return cells
-    grown = (cells[:, None, :] + size * _NEIGHBOURS[None]).reshape(-1, 3)
-    return _unique_cells(grown[((grown >= 0) & (grown < limit)).all(1)], limit)
-
-
-def coarse_to_fine_cells(
-    lattice: _SparseLattice,
-    grid: np.ndarray,
-    stride: int,
-    level: float,
-    cell_limit: np.ndarray,
-    margin: float | None = None,
-) -> np.ndarray | None:
-    """The lattice cells (unit origins [K, 3]) that the `level` surface crosses, found coarse to fine.
-
-    Level by level, from cells of edge `stride` down to unit cells: cells that may hold surface (`_flag`; at the
-    coarse level grown by one cell in every direction as a safety margin) are split in eight and their new corners
-    queried. At unit
-    cells the surface is then followed: every neighbour of a crossing cell is queried until no new crossing cell
-    appears, so each surface component that the search touched once comes out whole, exactly as a dense lattice
-    would give it. `grid` is the coarse lattice (`lattice.query_coarse(stride)`). `cell_limit` [3] bounds the cell
-    origins per axis (cells beyond the caller's lattice are dropped only at the end: the coarse lattice may
-    overhang it).
-
-    Returns:
-        The cells, or None when more than `DENSE_ABOVE_FRACTION` of the coarse cells need refining (a surface
-        everywhere, as in an untrained model's fog): a dense query is then cheaper.
-    """
-    margin = THIN_MARGIN if margin is None else margin
-    n = lattice.n
-    c = len(grid) - 1
-    corners = np.stack([grid[i : i + c, j : j + c, k : k + c] for i, j, k in _CORNERS], -1).reshape(-1, 8)
-    flags = _flag(corners, level, margin if stride > 1 else 0.0)
-    if flags.mean() > THIN_MARGIN_MAX_FRACTION:
-        # a foggy field (an undertrained model) sits near the level almost everywhere: the thin-part margin would
-        # refine the whole volume, so only crossing cells are refined
-        flags = _flag(corners, level, 0.0)
-    active = np.argwhere(flags.reshape(c, c, c)).astype(lattice.itype) * stride
-    active = _dilate(active, stride, n)  # the safety margin around the coarse cells
-    if len(active) > DENSE_ABOVE_FRACTION * c**3:
-        return None
-    size = stride
-    while size > 1:
-        half = size // 2
-        found = []
-        for part in _parts(active, _CELLS_PER_PASS // 8):
-            cells = (part[:, None, :] + half * _CORNERS[None]).reshape(-1, 3)  # children: distinct parents, distinct
-            lattice.ensure(cells[:, None, :] + half * _CORNERS[None])
-            found.append(cells[_flag(_cell_corner_values(lattice, cells, half), level, margin if half > 1 else 0.0)])
-        active, size = (np.concatenate(found) if found else active[:0]), half
-    # unit cells: follow the surface from the crossing cells found so far (also recovers crossing cells whose
-    # parents' corners were all on one side)
-    inside_limit = lambda c: c[(c < cell_limit).all(1)]
-    frontier = inside_limit(active)
-    done = [frontier]
-    done_keys = np.sort(lattice.key(frontier))
-    while len(frontier):
-        found = []
-        for part in _parts(frontier, _CELLS_PER_PASS // 27):
-            around = inside_limit(_dilate(part, 1, n))
-            around = around[~np.isin(lattice.key(around), done_keys)]
-            lattice.ensure(around[:, None, :] + _CORNERS[None])
-            found.append(around[_flag(_cell_corner_values(lattice, around, 1), level, 0.0)])
-        frontier = _unique_cells(np.concatenate(found), n) if found else frontier[:0]
-        done.append(frontier)
-        done_keys = np.union1d(done_keys, lattice.key(frontier))
-    done = np.concatenate(done)
-    return done
-
-
-def marching_cubes_cells(
-    lattice: _SparseLattice, cells: np.ndarray, level: float, brick: int = _BRICK
+def marching_cubes_bricks(
+    bricks: np.ndarray, blocks: np.ndarray, level: float, cell_limit: int, super_cells: int = _SUPER
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Marching cubes of exactly the given unit cells (all corners known); vertices in lattice-index units.
+    """Marching cubes of exactly the cells of `bricks` (corner blocks [K, s + 1, s + 1, s + 1]); vertices in
+    lattice-index units.
 
-    Cells are gathered into dense bricks for pymcubes; triangles of cells outside the set (whose corners were never
-    queried) are dropped, so each kept triangle is the one a dense lattice would give that cell.
+    Bricks are gathered into dense blocks of `super_cells`^3 cells for pymcubes; triangles of cells outside the
+    bricks (whose corners were never queried) or past `cell_limit` are dropped, so each kept triangle is the one a
+    dense lattice would give that cell.
     """
-    verts, faces, offset = [], [], 0
-    if len(cells) == 0:
+    if len(bricks) == 0:
         return np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64)
-    brick_of = cells // brick
-    order = np.lexsort((brick_of[:, 2], brick_of[:, 1], brick_of[:, 0]))
-    cells, brick_of = cells[order], brick_of[order]
-    starts = np.flatnonzero(np.r_[True, (np.diff(brick_of, axis=0) != 0).any(1)])
-    ends = np.r_[starts[1:], len(cells)]
+    s = blocks.shape[1] - 1
+    per = max(1, super_cells // s)  # bricks per axis of a super block
+    sup = bricks // per
+    order = np.lexsort((sup[:, 2], sup[:, 1], sup[:, 0]))
+    bricks, blocks, sup = bricks[order], blocks[order], sup[order]
+    starts = np.flatnonzero(np.r_[True, (np.diff(sup, axis=0) != 0).any(1)])
+    ends = np.r_[starts[1:], len(bricks)]
     fill = level - 1.0 if math.isfinite(level) else 0.0
-    for s, e in zip(starts, ends):
-        origin = brick_of[s] * brick
-        local = cells[s:e] - origin
-        ext = local.max(0) + 2
-        block = np.full(tuple(ext), fill, np.float64)
-        corners = local[:, None, :] + _CORNERS[None]
-        block[corners[..., 0], corners[..., 1], corners[..., 2]] = _cell_corner_values(lattice, cells[s:e], 1)
+    offsets = np.stack(np.meshgrid(*(np.arange(s + 1),) * 3, indexing="ij"), -1).reshape(-1, 3)
+    verts, faces, count = [], [], 0
+    for a, b in zip(starts, ends):
+        origin = sup[a] * per * s  # lattice index of the super block's first corner
+        local = bricks[a:b] - sup[a] * per  # brick positions inside the super block
+        block = np.full((per * s + 1,) * 3, fill, np.float64)
+        pts = (local[:, None, :] * s + offsets[None]).reshape(-1, 3)
+        block[pts[:, 0], pts[:, 1], pts[:, 2]] = blocks[a:b].reshape(-1)
         v, f = mcubes.marching_cubes(block, float(level))
         if len(f) == 0:
             continue
-        mask = np.zeros(tuple(ext - 1), bool)
-        mask[local[:, 0], local[:, 1], local[:, 2]] = True
-        cell_of = np.clip(np.floor(v[f].mean(1)).astype(np.int64), 0, ext - 2)
-        f = f[mask[cell_of[:, 0], cell_of[:, 1], cell_of[:, 2]]]
+        mine = np.zeros((per,) * 3, bool)
+        mine[local[:, 0], local[:, 1], local[:, 2]] = True
+        cell = np.clip(np.floor(v[f].mean(1)).astype(np.int64), 0, per * s - 1)
+        keep = mine[cell[:, 0] // s, cell[:, 1] // s, cell[:, 2] // s] & ((cell + origin) < cell_limit).all(1)
+        f = f[keep]
         if len(f) == 0:
             continue
         verts.append(v + origin)
-        faces.append(f.astype(np.int64) + offset)
-        offset += len(v)
+        faces.append(f.astype(np.int64) + count)
+        count += len(v)
     if not faces:
         return np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64)
     return np.concatenate(verts), np.concatenate(faces)
@@ -580,8 +595,8 @@ def extract_mesh(
             not depend on it).
         device: device on which query points are created.
         coarse_to_fine: query the density on a coarse lattice (stride `coarse_stride(resolution)`), choose the
-            level there, and refine only cells near the surface down to the full resolution, then follow the
-            surface cell by cell (`coarse_to_fine_cells`). The mesh equals the dense lattice's for every surface
+            level there, query only the coarse cells near the surface at full resolution, then follow the surface
+            brick by brick (`coarse_to_fine_bricks`). The mesh equals the dense lattice's for every surface
             component the coarse search touches; time and memory grow with the surface area instead of the volume.
             False: query the whole dense lattice (the reference path).
         progress: called with a short message after each stage (for progress reports).
@@ -645,8 +660,8 @@ def _coarse_to_fine_mesh(density_fn, resolution, lo, hi, chunk_size, iso_level, 
     step = (hi - lo) / (resolution - 1)
     stride = coarse_stride(resolution)
     n = -(-(resolution - 1) // stride) * stride  # the coarse lattice may overhang the last lattice point
-    lattice = _SparseLattice(density_fn, lo, step, n, chunk_size, device, block=max(stride, 16))
-    grid = lattice.query_coarse(stride)
+    lattice = _BrickLattice(density_fn, lo, step, n, stride, chunk_size, device)
+    grid = lattice.query_coarse()
     inside = (resolution - 1) // stride + 1
     coarse = grid[:inside, :inside, :inside]
     if iso_level is None:
@@ -655,15 +670,16 @@ def _coarse_to_fine_mesh(density_fn, resolution, lo, hi, chunk_size, iso_level, 
     else:
         iso = IsoLevel(float(iso_level), "fixed", {})
     note(f"coarse {len(grid)}^3 lattice (stride {stride}); iso-level {iso.value:.4g} ({iso.method})")
-    cells = coarse_to_fine_cells(lattice, grid, stride, iso.value, np.full(3, resolution - 1))
-    if cells is None:  # surface nearly everywhere: the dense lattice is cheaper (same level)
+    found = coarse_to_fine_bricks(lattice, grid, iso.value, resolution - 1)
+    if found is None:  # surface nearly everywhere: the dense lattice is cheaper (same level)
         note("surface nearly everywhere: querying the dense lattice")
         dense = sample_density_grid(density_fn, resolution, (lo, hi), chunk_size, device)
         verts, faces = marching_cubes_blocks(dense, iso.value)
         iso.stats["density_queries"] = float(lattice.queried + dense.size)
         return verts, faces, iso, coarse
-    note(f"{len(cells)} surface cells of {resolution - 1}^3 after {lattice.queried} density queries")
-    verts, faces = marching_cubes_cells(lattice, cells, iso.value)
+    bricks, blocks = found
+    note(f"{len(bricks)} surface bricks of {stride}^3 cells after {lattice.queried} density queries")
+    verts, faces = marching_cubes_bricks(bricks, blocks, iso.value, resolution - 1)
     iso.stats["density_queries"] = float(lattice.queried)
     return verts, faces, iso, coarse
 

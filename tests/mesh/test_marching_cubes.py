@@ -1,3 +1,4 @@
+import math
 import warnings
 
 import numpy as np
@@ -197,16 +198,17 @@ def test_coarse_to_fine_equals_dense(name):
     )
 
 
-def test_coarse_to_fine_keeps_a_part_thinner_than_the_coarse_stride(monkeypatch):
-    """A plate one lattice layer thick at 193^3 (coarse stride 4), midway between two planes of the coarse lattice:
-    no coarse point lies inside it, so only the thin-part margin finds it; the surface following then recovers all
-    of it."""
+@pytest.mark.parametrize("plane", [102.0, 101.3])
+def test_coarse_to_fine_keeps_a_part_thinner_than_the_coarse_stride(monkeypatch, plane):
+    """A plate one lattice layer thick at 193^3 (coarse stride 4), between two planes of the coarse lattice (100 and
+    104; at 102 on the half-stride lattice, at 101.3 off it): no coarse point lies inside it, so only the thin-part
+    margin finds it; the surface following then recovers all of it."""
     from lrm_nerfstudio.mesh import marching_cubes as mc
 
     res = 193
     h = 2.0 / (res - 1)
     assert mc.coarse_stride(res) == 4
-    z0 = -1.0 + 102 * h  # lattice plane 102: two steps from coarse planes 100 and 104
+    z0 = -1.0 + plane * h
 
     def density(p):
         inside_xy = (p[:, :2].abs() < 0.7).all(-1).float()
@@ -220,6 +222,28 @@ def test_coarse_to_fine_keeps_a_part_thinner_than_the_coarse_stride(monkeypatch)
     monkeypatch.setattr(mc, "THIN_MARGIN", 0.0)
     with pytest.raises(NoSurfaceError):  # without the margin the coarse search never sees the plate
         extract_mesh(density, resolution=res, iso_level=level)
+
+
+def test_a_soft_shell_is_not_queried_whole(monkeypatch):
+    """A trained model's soft fall-off puts many coarse cells just below the level (thin-part candidates) around
+    the surface. The half-stride check skips those whose density peaks at a coarse corner, so they cost 19 queries
+    instead of a whole brick, and the mesh is still the dense lattice's."""
+    from lrm_nerfstudio.mesh import marching_cubes as mc
+
+    def blob(p):  # a slow exponential fall-off: the level 2 at radius 0.3, half of it 0.1 further out
+        r = (p - torch.tensor([0.05, -0.1, 0.02])).norm(dim=-1)
+        return 2.0 * torch.exp(-(r - 0.3) * math.log(2) / 0.1)
+
+    res, level = 193, 2.0
+    fast = extract_mesh(blob, resolution=res, iso_level=level)
+    dense = extract_mesh(blob, resolution=res, iso_level=level, coarse_to_fine=False)
+    assert len(fast.faces) == len(dense.faces)
+    assert _hausdorff(fast.vertices, dense.vertices) < 1e-4
+    monkeypatch.setattr(mc, "_thin_seeds", lambda lattice, candidates, level: candidates)  # every candidate whole
+    unchecked = extract_mesh(blob, resolution=res, iso_level=level)
+    assert len(unchecked.faces) == len(dense.faces)
+    queries = fast.metadata["density_stats"]["density_queries"]
+    assert queries < 0.7 * unchecked.metadata["density_stats"]["density_queries"]
 
 
 def test_coarse_to_fine_iso_levels_of_the_existing_fields():
