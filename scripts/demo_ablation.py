@@ -80,6 +80,19 @@ CANDIDATES: dict[str, list[Callable[[TrainerConfig], None]]] = {
     # sharper targets: patches from larger renders (the demo: 16^2 patches of 16-24^2 renders)
     "render-32-48": [_set(f"{DM}.render_resolution_range", (32, 48))],
     "planes-16": [_set(f"{MODEL}.transformer.triplane_low_res", 16)],
+    # triplane resolution without more tokens: each 8^2 token becomes a 4x4 block of texels
+    "upsample-4": [_set(f"{MODEL}.upsampler.scale", 4)],
+    # cheaper steps: fewer field evaluations per ray, or fewer rays
+    "midpoint-24": [_set(f"{MODEL}.sampler", "midpoint"), _set(f"{MODEL}.num_coarse_samples", 24)],
+    "views-2": [_set(f"{DM}.target_views_per_object", 2)],
+    # a cheaper decoder: the transformer runs once per object and takes most of a step
+    "width-128": [_set(f"{MODEL}.transformer.inner_dim", 128)],
+    "layers-2": [_set(f"{MODEL}.transformer.num_layers", 2)],
+    "width-128-objects-8-views-2": [
+        _set(f"{MODEL}.transformer.inner_dim", 128),
+        _set(f"{DM}.objects_per_batch", 8),
+        _set(f"{DM}.target_views_per_object", 2),
+    ],
 }
 """Named candidates: edits applied to the demo's trainer config."""
 
@@ -99,6 +112,12 @@ DESCRIPTIONS = {
     "objects-2-views-8": "2 objects x 8 views a step (demo: 4 x 4; same rays)",
     "render-32-48": "16^2 patches from 32-48^2 renders (demo: 16-24^2)",
     "planes-16": "16^2 token planes, 32^2 triplane (demo: 8^2, 16^2)",
+    "upsample-4": "8^2 token planes upsampled x4 to a 32^2 triplane (demo: x2, 16^2)",
+    "midpoint-24": "24 midpoint samples per ray, all with gradients (demo: 16 uniform + 16 importance)",
+    "views-2": "4 objects x 2 views a step: half the rays (demo: 4 x 4)",
+    "width-128": "triplane transformer width 128 (demo: 256)",
+    "layers-2": "2 triplane transformer layers (demo: 3)",
+    "width-128-objects-8-views-2": "transformer width 128, 8 objects x 2 views a step",
 }
 
 

@@ -1,4 +1,4 @@
-"""Triplane upsampler: a stride-2 transposed convolution applied to each plane."""
+"""Triplane upsampler: a transposed convolution (stride 2 in the paper) applied to each plane."""
 
 from __future__ import annotations
 
@@ -18,6 +18,10 @@ class TriplaneUpsamplerConfig(InstantiateConfig):
     """Channels D of the decoder's planes."""
     out_dim: int = 80
     """Channels C of the upsampled triplane (paper: 80)."""
+    scale: int = 2
+    """Upsampling factor: kernel and stride of the transposed convolution (paper, OpenLRM, TripoSR: 2). Each token
+    becomes a scale x scale block of texels, so a larger factor buys triplane resolution for the field without
+    more tokens in the transformer (whose attention grows with their square)."""
 
 
 class TriplaneUpsampler(nn.Module):
@@ -32,10 +36,10 @@ class TriplaneUpsampler(nn.Module):
         self.config = config
         self.out_dim: int = config.out_dim
         """Channels C of the output triplane."""
-        self.deconv = nn.ConvTranspose2d(config.in_dim, config.out_dim, kernel_size=2, stride=2)
+        self.deconv = nn.ConvTranspose2d(config.in_dim, config.out_dim, kernel_size=config.scale, stride=config.scale)
 
     def forward(self, planes: Float[Tensor, "B 3 D n n"]) -> Float[Tensor, "B 3 C R R"]:
-        """Upsample each plane by 2 (R = 2n)."""
+        """Upsample each plane by `scale` (R = scale * n)."""
         b, three, d, h, w = planes.shape
         out = self.deconv(planes.reshape(b * three, d, h, w))
         return out.reshape(b, three, *out.shape[1:])

@@ -82,6 +82,24 @@ def test_upsampler_is_a_stride_2_deconv_per_plane():
         torch.testing.assert_close(out[:, p], up.deconv(planes[:, p]))
 
 
+def test_upsampler_scale_4_maps_each_token_to_its_own_4x4_block():
+    """Known answer for `scale`: a token of ones at (row 1, column 2) of a 4x4 plane, all else zero, changes only
+    texels [4:8, 8:12] of the 16x16 output, by the kernel itself."""
+    torch.manual_seed(0)
+    up = TriplaneUpsamplerConfig(in_dim=3, out_dim=2, scale=4).setup()
+    planes = torch.zeros(1, 3, 3, 4, 4)
+    planes[0, :, :, 1, 2] = 1.0
+    with torch.no_grad():
+        out = up(planes) - up.deconv.bias.view(1, 1, 2, 1, 1)
+    assert out.shape == (1, 3, 2, 16, 16)
+    expected = up.deconv.weight.detach().sum(0)  # [out, 4, 4]: the kernel summed over the token's channels
+    for p in range(3):
+        torch.testing.assert_close(out[0, p, :, 4:8, 8:12], expected)
+        outside = out[0, p].clone()
+        outside[:, 4:8, 8:12] = 0.0
+        assert outside.abs().max() == 0.0
+
+
 def _patch_coordinate_tokens(g: int) -> torch.Tensor:
     """A CLS token, then g x g patch tokens (raster order) whose 2 channels are the patch centre's normalised image
     coordinates (u to the right, v down, both in [-1, 1])."""
