@@ -462,12 +462,10 @@ def coarse_to_fine_bricks(
     seen = np.zeros((nb, nb, nb), bool)
     local = np.arange(s)
     kept_bricks, kept_blocks = [np.zeros((0, 3), np.int64)], [np.zeros((0, s + 1, s + 1, s + 1), np.float32)]
-    # seeds: the crossing coarse cells, then the thin-part candidates that following the surface from those left
-    # unvisited and that the half-stride check keeps
-    for phase in ("crossing", "thin"):
-        frontier = (
-            np.argwhere(crossing) if phase == "crossing" else _thin_seeds(lattice, np.argwhere(thin & ~seen), level)
-        )
+
+    def follow(frontier: np.ndarray) -> None:
+        """Query `frontier`'s bricks, keep those with a crossing cell, and repeat with the unseen bricks across
+        their crossed boundary layers."""
         seen[frontier[:, 0], frontier[:, 1], frontier[:, 2]] = True
         while len(frontier):
             grown = []
@@ -490,8 +488,12 @@ def coarse_to_fine_bricks(
                     nbr = part[hit] + face
                     nbr = nbr[((nbr >= 0) & (nbr < nb)).all(1)]
                     grown.append(nbr[~seen[nbr[:, 0], nbr[:, 1], nbr[:, 2]]])
-            frontier = np.unique(np.concatenate(grown), axis=0) if grown else frontier[:0]
+            frontier = np.unique(np.concatenate(grown), axis=0)
             seen[frontier[:, 0], frontier[:, 1], frontier[:, 2]] = True
+
+    follow(np.argwhere(crossing))
+    # then the thin-part candidates that following the surface left unvisited and the half-stride check keeps
+    follow(_thin_seeds(lattice, np.argwhere(thin & ~seen), level))
     return np.concatenate(kept_bricks), np.concatenate(kept_blocks)
 
 
