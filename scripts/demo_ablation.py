@@ -93,6 +93,30 @@ CANDIDATES: dict[str, list[Callable[[TrainerConfig], None]]] = {
         _set(f"{DM}.objects_per_batch", 8),
         _set(f"{DM}.target_views_per_object", 2),
     ],
+    # geometry from the data's depth maps: a dense per-pixel signal where plain colours give almost none
+    "depth-1": [_set(f"{DM}.load_depth", True), _set(f"{MODEL}.depth_loss_mult", 1.0)],
+    "depth-0.25": [_set(f"{DM}.load_depth", True), _set(f"{MODEL}.depth_loss_mult", 0.25)],
+    # the image lifted along the source camera's rays with a learnt occupancy per depth slice
+    "lift-volume": [_set(f"{MODEL}.transformer.lift_volume", True)],
+    # the source image lifted into the field's triplane at pixel precision, beside the decoder's planes
+    "pixel-lift": [_set(f"{MODEL}.pixel_lift.enabled", True)],
+    "pixel-lift-width-128-objects-16-views-1": [
+        _set(f"{MODEL}.pixel_lift.enabled", True),
+        _set(f"{MODEL}.transformer.inner_dim", 128),
+        _set(f"{DM}.objects_per_batch", 16),
+        _set(f"{DM}.target_views_per_object", 1),
+    ],
+    # four times the objects a step at the same rays, the transformer narrowed to pay for them
+    "width-128-objects-16-views-1": [
+        _set(f"{MODEL}.transformer.inner_dim", 128),
+        _set(f"{DM}.objects_per_batch", 16),
+        _set(f"{DM}.target_views_per_object", 1),
+    ],
+    "lift-volume-objects-16-views-1": [
+        _set(f"{MODEL}.transformer.lift_volume", True),
+        _set(f"{DM}.objects_per_batch", 16),
+        _set(f"{DM}.target_views_per_object", 1),
+    ],
 }
 """Named candidates: edits applied to the demo's trainer config."""
 
@@ -118,6 +142,13 @@ DESCRIPTIONS = {
     "width-128": "triplane transformer width 128 (demo: 256)",
     "layers-2": "2 triplane transformer layers (demo: 3)",
     "width-128-objects-8-views-2": "transformer width 128, 8 objects x 2 views a step",
+    "depth-1": "L1 loss on the expected z-depth of foreground rays, weight 1 (demo: no depth)",
+    "depth-0.25": "L1 loss on the expected z-depth of foreground rays, weight 0.25 (demo: no depth)",
+    "pixel-lift": "pixel lift: source pixels and patch features lifted along the camera's rays into the triplane",
+    "pixel-lift-width-128-objects-16-views-1": "pixel lift, transformer width 128, 16 objects x 1 view a step",
+    "width-128-objects-16-views-1": "transformer width 128, 16 objects x 1 view a step (demo: 256, 4 x 4)",
+    "lift-volume-objects-16-views-1": "volume lift, 16 objects x 1 view a step",
+    "lift-volume": "image lifted along the canonical camera's rays, occupancy per depth slice (demo: orthographic)",
 }
 
 

@@ -29,6 +29,7 @@ from torchmetrics.functional import structural_similarity_index_measure
 from lrm_nerfstudio.model.camera_embedder import CameraEmbedderConfig
 from lrm_nerfstudio.model.encoder import ImageEncoderConfig
 from lrm_nerfstudio.model.losses import PerceptualLoss, PerceptualNet, triplane_tv_loss
+from lrm_nerfstudio.model.pixel_lift import PixelLiftConfig
 from lrm_nerfstudio.model.triplane_field import TriplaneFieldConfig
 from lrm_nerfstudio.model.triplane_transformer import TriplaneTransformerConfig
 from lrm_nerfstudio.model.upsampler import TriplaneUpsamplerConfig
@@ -38,6 +39,7 @@ ARCHITECTURE_FIELDS = (
     "camera_embedder",
     "transformer",
     "upsampler",
+    "pixel_lift",
     "field",
     "sampler",
     "compositing",
@@ -60,6 +62,9 @@ class LRMModelConfig(ModelConfig):
     """Image-to-triplane decoder (its cond_dim and mod_dim follow the encoder and camera embedder)."""
     upsampler: TriplaneUpsamplerConfig = field(default_factory=TriplaneUpsamplerConfig)
     """ConvTranspose upsampler of the planes (its input width follows the transformer)."""
+    pixel_lift: PixelLiftConfig = field(default_factory=PixelLiftConfig)
+    """Source image lifted along the canonical camera's rays and added to the upsampled planes (off unless
+    enabled; its widths follow the encoder and the upsampler)."""
     field: TriplaneFieldConfig = field(default_factory=TriplaneFieldConfig)
     """Triplane NeRF decoder (its input channels follow the upsampler)."""
     sampler: Literal["pdf", "midpoint"] = "pdf"
@@ -128,6 +133,16 @@ class LRMModel(Model):
         mod_dim = self.camera_embedder.out_dim if self.camera_embedder is not None else cfg.transformer.mod_dim
         self.transformer = replace(cfg.transformer, cond_dim=self.encoder.out_dim, mod_dim=mod_dim).setup()
         self.upsampler = replace(cfg.upsampler, in_dim=cfg.transformer.inner_dim).setup()
+        self.pixel_lift = (
+            replace(
+                cfg.pixel_lift,
+                cond_dim=self.encoder.out_dim,
+                out_dim=self.upsampler.out_dim,
+                resolution=cfg.transformer.triplane_low_res * cfg.upsampler.scale,
+            ).setup()
+            if cfg.pixel_lift.enabled
+            else None
+        )
         self.field = replace(cfg.field, triplane_dim=self.upsampler.out_dim).setup()
 
         self.collider = AABBBoxCollider(self.scene_box, near_plane=cfg.near_plane)
@@ -197,6 +212,8 @@ class LRMModel(Model):
             cam = self.embed_camera(source_cameras)
             planes = self.transformer(tokens, cam)
             planes = self.upsampler(planes)
+            if self.pixel_lift is not None:
+                planes = planes + self.pixel_lift(source_images, tokens)
         return planes.float()
 
     # ----------------------------------------------------------------------------------------------- rendering

@@ -66,6 +66,42 @@ class TriplaneTransformerConfig(InstantiateConfig):
     lift_extent: float = CANONICAL_FOCAL / CANONICAL_DISTANCE * 2.0
     """Half-width of the [-1, 1] box in normalised image coordinates of the canonical source view (0.75: the
     box spans the middle 75% of the image at distance 2 and focal 0.75)."""
+    lift_volume: bool = False
+    """With `image_lift`: lift along the canonical camera's rays instead of orthographically. Each patch token
+    also gives its ray an occupancy in each of n depth slices (a sigmoid of a linear map of the token); the n^3
+    voxels take the features of the patch they project to (perspective, camera at `CANONICAL_DISTANCE`) times
+    that occupancy, and XY, XZ and YZ start as the volume's means over Z, Y and X. The orthographic lift leaves
+    XY and YZ constant along Y, so every object's depth must come through attention from position tokens that
+    share no weights across texels; here one linear map, shared by all patches, places depth from the first
+    step (measured in docs/TRAINING.md). Not in the paper."""
+
+
+def project_to_volume(
+    maps: Float[Tensor, "B K h w"], n: int, extent: float = CANONICAL_FOCAL / CANONICAL_DISTANCE * 2.0
+) -> Float[Tensor, "B K n n n"]:
+    """Bilinear samples of image-aligned maps of the canonical source view at the projections of the n^3 voxel
+    centres of the [-1, 1] box, indexed [y, z, x] (y from the camera's side). The canonical camera sits on -Y at
+    `CANONICAL_DISTANCE`, so a voxel's depth is that distance + y; `extent` is the box's half-width in normalised
+    image coordinates at y = 0. Outside the image the samples are zero."""
+    b, k = maps.shape[:2]
+    c = (torch.arange(n, device=maps.device, dtype=maps.dtype) + 0.5) / n * 2 - 1
+    yy, zz, xx = torch.meshgrid(c, c, c, indexing="ij")
+    scale = extent * CANONICAL_DISTANCE / (CANONICAL_DISTANCE + yy)
+    grid = torch.stack([xx * scale, -zz * scale], dim=-1).view(1, n * n, n, 2)  # image x = +X, image y = -Z
+    out = F.grid_sample(maps, grid.expand(b, -1, -1, -1), mode="bilinear", align_corners=False)
+    return out.view(b, k, n, n, n)
+
+
+def slice_occupancy(logits: Float[Tensor, "B n n n n"]) -> Float[Tensor, "B n n n"]:
+    """Per-voxel logit from per-pixel logits of each depth slice projected to the volume ([B, slice, y, z, x]):
+    voxel (y, z, x) takes its own slice y's logit."""
+    return torch.diagonal(logits, dim1=1, dim2=2).permute(0, 3, 1, 2)
+
+
+def planes_from_volume(volume: Float[Tensor, "B D n n n"]) -> Float[Tensor, "B 3 D n n"]:
+    """XY (rows y, columns x), XZ (rows z, columns x) and YZ (rows z, columns y) as the means of a [y, z, x]
+    volume over Z, Y and X."""
+    return torch.stack([volume.mean(dim=3), volume.mean(dim=2), volume.mean(dim=4).transpose(2, 3)], dim=1)
 
 
 class ModLN(nn.Module):
@@ -194,6 +230,9 @@ class TriplaneTransformer(nn.Module):
         else:
             self.norm = nn.LayerNorm(d, eps=config.eps)
         self.lift = nn.Linear(config.cond_dim, d) if config.image_lift else None
+        if config.lift_volume and not config.image_lift:
+            raise ValueError("lift_volume needs image_lift")
+        self.lift_occupancy = nn.Linear(config.cond_dim, n) if config.lift_volume else None
 
     def lift_image(self, image_tokens: Float[Tensor, "B T D_enc"]) -> Float[Tensor, "B 3 n n D"]:
         """Orthographic lift of the patch tokens onto the three planes (`image_lift`), ordered like `pos_embed`.
@@ -209,6 +248,9 @@ class TriplaneTransformer(nn.Module):
             raise ValueError(f"image_lift needs a CLS token and a square grid of patch tokens, got {t} tokens")
         n = self.config.triplane_low_res
         feats = self.lift(image_tokens[:, 1:]).view(b, g, g, -1).permute(0, 3, 1, 2)  # [B, D, rows, cols]
+        if self.lift_occupancy is not None:
+            logits = self.lift_occupancy(image_tokens[:, 1:]).view(b, g, g, n).permute(0, 3, 1, 2)
+            return self._lift_volume(feats, logits)
         centres = (
             (torch.arange(n, device=feats.device, dtype=feats.dtype) + 0.5) / n * 2 - 1
         ) * self.config.lift_extent
@@ -218,6 +260,18 @@ class TriplaneTransformer(nn.Module):
         xy = xz.mean(dim=2, keepdim=True).expand(-1, -1, n, -1)  # mean over z, repeated along y (rows)
         yz = xz.mean(dim=3, keepdim=True).expand(-1, -1, -1, n)  # mean over x, repeated along y (columns)
         return torch.stack([xy, xz, yz], dim=1).permute(0, 1, 3, 4, 2)
+
+    def _lift_volume(
+        self, feats: Float[Tensor, "B D g g"], logits: Float[Tensor, "B n g g"]
+    ) -> Float[Tensor, "B 3 n n D"]:
+        """Perspective lift (`lift_volume`): voxel (x, y, z) gets the features of the pixel it projects to times
+        that pixel's occupancy logit for depth slice y, through a sigmoid; the planes are the volume's means."""
+        d = feats.shape[1]
+        both = project_to_volume(
+            torch.cat([feats, logits], dim=1), self.config.triplane_low_res, self.config.lift_extent
+        )
+        volume = both[:, :d] * torch.sigmoid(slice_occupancy(both[:, d:]))[:, None]
+        return planes_from_volume(volume).permute(0, 1, 3, 4, 2)
 
     def forward(
         self, image_tokens: Float[Tensor, "B T D_enc"], camera_embedding: Float[Tensor, "B D_mod"] | None = None

@@ -134,6 +134,49 @@ def test_image_lift_puts_each_patch_where_the_canonical_camera_sees_it():
     torch.testing.assert_close(feats[:, 2], torch.stack([torch.zeros(50), v], dim=-1), atol=1e-5, rtol=0)
 
 
+def test_volume_lift_places_each_patch_at_its_depth_slice_in_perspective():
+    """Known answer: identity features and an occupancy that is 1 in depth slice j alone (y = -0.375) put each
+    patch's image coordinates in that slice only, where the canonical camera sees the voxel (perspective: at this
+    depth the box fills more of the image than at y = 0); XY holds them in row j, YZ in column j, XZ over all
+    rows (1/n of them: one slice of n occupied), each a mean over the axis it drops."""
+    from lrm_nerfstudio.cameras import canonical_c2w
+
+    n, j = 8, 2
+    tr = _transformer(triplane_low_res=n, inner_dim=2, num_heads=1, cond_dim=2, image_lift=True, lift_volume=True)
+    with torch.no_grad():
+        tr.lift.weight.copy_(torch.eye(2))
+        tr.lift.bias.zero_()
+        tr.lift_occupancy.weight.zero_()
+        tr.lift_occupancy.bias.fill_(-40.0)
+        tr.lift_occupancy.bias[j] = 40.0
+    planes = tr.lift_image(_patch_coordinate_tokens(8))[0]  # [3, n, n, C]
+
+    c = (torch.arange(n) + 0.5) / n * 2 - 1
+    zz, xx = torch.meshgrid(c, c, indexing="ij")
+    points = torch.stack([xx, torch.full_like(xx, float(c[j])), zz], dim=-1).reshape(-1, 3)  # slice j, [z, x]
+    c2w = torch.from_numpy(canonical_c2w()).float()
+    cam = (points - c2w[:, 3]) @ c2w[:, :3]
+    uv = torch.stack([2 * 0.75 * cam[:, 0] / -cam[:, 2], -2 * 0.75 * cam[:, 1] / -cam[:, 2]], dim=-1).view(n, n, 2)
+    assert uv[..., 0].abs().max() > 0.8  # beyond the 0.75 of y = 0: perspective, and still inside the patch grid
+
+    torch.testing.assert_close(planes[1], uv / n, atol=1e-5, rtol=0)  # XZ [z, x]
+    xy = torch.zeros(n, n, 2)
+    xy[j, :, 0] = uv[0, :, 0]  # every z of slice j occupied: u does not depend on z, v averages to 0
+    torch.testing.assert_close(planes[0], xy, atol=1e-5, rtol=0)
+    yz = torch.zeros(n, n, 2)
+    yz[:, j, 1] = uv[:, 0, 1]
+    torch.testing.assert_close(planes[2], yz, atol=1e-5, rtol=0)
+
+
+def test_volume_lift_learns_its_occupancy_and_needs_the_image_lift():
+    torch.manual_seed(0)
+    tr = _transformer(image_lift=True, lift_volume=True)
+    tr(torch.randn(2, 17, 24), torch.randn(2, 16)).square().sum().backward()
+    assert tr.lift_occupancy.weight.grad.abs().max() > 0
+    with pytest.raises(ValueError, match="lift_volume needs image_lift"):
+        _transformer(lift_volume=True)
+
+
 def test_image_lift_changes_the_tokens_and_needs_a_square_grid():
     torch.manual_seed(0)
     plain, lifted = _transformer(), _transformer(image_lift=True)
