@@ -11,7 +11,6 @@ precision, from the first step, and the decoder learns what the image does not s
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -21,7 +20,12 @@ from nerfstudio.configs.base_config import InstantiateConfig
 from torch import Tensor, nn
 
 from lrm_nerfstudio.cameras import CANONICAL_DISTANCE, CANONICAL_FOCAL
-from lrm_nerfstudio.model.triplane_transformer import planes_from_volume, project_to_volume, slice_occupancy
+from lrm_nerfstudio.model.triplane_transformer import (
+    patch_maps,
+    planes_from_volume,
+    project_to_volume,
+    slice_occupancy,
+)
 
 
 @dataclass
@@ -55,16 +59,12 @@ class PixelLift(nn.Module):
     def forward(
         self, source_images: Float[Tensor, "B 3 H W"], image_tokens: Float[Tensor, "B T D_enc"]
     ) -> Float[Tensor, "B 3 C R R"]:
-        b, t, _ = image_tokens.shape
-        g = math.isqrt(t - 1)
-        if g * g != t - 1:
-            raise ValueError(f"the pixel lift needs a CLS token and a square grid of patch tokens, got {t} tokens")
         c, r = self.config.out_dim, self.config.resolution
         # the image at about the triplane's resolution over the box, so that each voxel sees its pixels' mean
         side = max(r, round(r / self.config.extent))
         image = F.interpolate(source_images, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
         pixels = project_to_volume(image * 2 - 1, r, self.config.extent).permute(0, 2, 3, 4, 1)  # [B, y, z, x, 3]
-        patches = self.patch(image_tokens[:, 1:]).view(b, g, g, c + r).permute(0, 3, 1, 2)
+        patches = patch_maps(self.patch(image_tokens), "the pixel lift")
         patch_volume = project_to_volume(patches, r, self.config.extent)  # [B, C + r, y, z, x]
         logits = slice_occupancy(patch_volume[:, c:]) + self.pixel_occupancy(pixels)[..., 0]
         feats = patch_volume[:, :c] + self.pixel(pixels).permute(0, 4, 1, 2, 3)

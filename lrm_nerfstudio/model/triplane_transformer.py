@@ -76,9 +76,16 @@ class TriplaneTransformerConfig(InstantiateConfig):
     step (measured in docs/TRAINING.md). Not in the paper."""
 
 
-def project_to_volume(
-    maps: Float[Tensor, "B K h w"], n: int, extent: float = CANONICAL_FOCAL / CANONICAL_DISTANCE * 2.0
-) -> Float[Tensor, "B K n n n"]:
+def patch_maps(tokens: Float[Tensor, "B T K"], what: str) -> Float[Tensor, "B K g g"]:
+    """The patch tokens (after the CLS token) as image-aligned maps; `what` names the caller in the error."""
+    b, t, k = tokens.shape
+    g = math.isqrt(t - 1)
+    if g * g != t - 1:
+        raise ValueError(f"{what} needs a CLS token and a square grid of patch tokens, got {t} tokens")
+    return tokens[:, 1:].reshape(b, g, g, k).permute(0, 3, 1, 2)
+
+
+def project_to_volume(maps: Float[Tensor, "B K h w"], n: int, extent: float) -> Float[Tensor, "B K n n n"]:
     """Bilinear samples of image-aligned maps of the canonical source view at the projections of the n^3 voxel
     centres of the [-1, 1] box, indexed [y, z, x] (y from the camera's side). The canonical camera sits on -Y at
     `CANONICAL_DISTANCE`, so a voxel's depth is that distance + y; `extent` is the box's half-width in normalised
@@ -242,15 +249,11 @@ class TriplaneTransformer(nn.Module):
         at index 0 (as `sample_triplanes` reads them).
         """
         assert self.lift is not None
-        b, t, _ = image_tokens.shape
-        g = math.isqrt(t - 1)
-        if g * g != t - 1:
-            raise ValueError(f"image_lift needs a CLS token and a square grid of patch tokens, got {t} tokens")
+        b = image_tokens.shape[0]
         n = self.config.triplane_low_res
-        feats = self.lift(image_tokens[:, 1:]).view(b, g, g, -1).permute(0, 3, 1, 2)  # [B, D, rows, cols]
+        feats = patch_maps(self.lift(image_tokens), "image_lift")  # [B, D, rows, cols]
         if self.lift_occupancy is not None:
-            logits = self.lift_occupancy(image_tokens[:, 1:]).view(b, g, g, n).permute(0, 3, 1, 2)
-            return self._lift_volume(feats, logits)
+            return self._lift_volume(feats, patch_maps(self.lift_occupancy(image_tokens), "image_lift"))
         centres = (
             (torch.arange(n, device=feats.device, dtype=feats.dtype) + 0.5) / n * 2 - 1
         ) * self.config.lift_extent
