@@ -311,8 +311,13 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     # A fixed mmap threshold stops glibc from keeping freed tensors resident (its threshold otherwise grows after
     # each large free), so the RSS follows live memory. Read when the fork server starts, inherited by its forks.
     os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 20))
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(PRELOAD)
+    if spec.get("device") == "cuda":
+        # importing the preloaded modules can initialise CUDA (torch.cuda.is_available() in lrm_config), and a
+        # fork of a process that did cannot use CUDA: each measurement then starts a fresh interpreter instead
+        ctx = multiprocessing.get_context("spawn")
+    else:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(PRELOAD)
     with ProcessPoolExecutor(max_workers=1, mp_context=ctx, max_tasks_per_child=1) as pool:
         return pool.submit(train_step_child, spec).result()
 

@@ -10,10 +10,18 @@ Sections, each timed, each skipped with the reason when the time budget (`--budg
     train_step      one paper-scale `lrm` training step (8 objects x 4 views x 128^2 rays, 64 + 64 samples) with bf16
                     autocast and deferred back-propagation: step time and peak CUDA memory (fresh process)
 
-Without CUDA it exits with status 2 and one message, printing no JSON. Written without a GPU to run it on: the
-gsplat calls follow gsplat 1.4.0's `rasterization` signature and the training step is `scripts/benchmark.py`'s.
+Without CUDA it exits with status 2 and one message, printing no JSON. First run on an H200 (torch 2.11 + CUDA 13,
+gsplat 1.4.0) on 2026-12-04; its numbers are in the README. That run found two bugs no CPU test reaches: gsplat was
+handed CPU intrinsics (`camera_matrices`), and the training step's fork server could not use CUDA (it now spawns).
+
+image_to_mesh and train_step read a small dataset: `--data DIR` names one in the project's format (made elsewhere,
+e.g. by `benchmark.generate_dataset(DIR, quick=False)`, for a machine without open3d); without it one is generated
+(open3d). `--order` runs the named sections first (e.g. the training step before gsplat's first-use build), and
+`--partial-json PATH` rewrites PATH with the report so far after each section, so a run stopped from outside keeps
+the numbers it had.
 
     uv run python scripts/gpu_check.py > gpu_check.json
+    python3 scripts/gpu_check.py --data DIR --order train_step gsplat_setup --partial-json partial.json > gpu_check.json
 """
 
 from __future__ import annotations
@@ -67,11 +75,18 @@ def sphere_gaussians(count: int):
 def section_gsplat_setup() -> dict[str, Any]:
     from lrm_nerfstudio.splat.render import gsplat_unavailable_reason
 
+    loaded_before = "gsplat.cuda._backend" in sys.modules  # an earlier section built / loaded it (then timed there)
     start = time.perf_counter()
     reason = gsplat_unavailable_reason("cuda")
     out: dict[str, Any] = {"seconds": time.perf_counter() - start, "available": reason is None}
+    if loaded_before:
+        out["loaded_by_an_earlier_section"] = True
     if reason is not None:
         out["reason"] = reason
+    else:  # gsplat.csrc: a prebuilt extension; gsplat_cuda: its JIT build (cached under TORCH_EXTENSIONS_DIR)
+        from gsplat.cuda._backend import _C
+
+        out["extension"] = {"module": _C.__name__, "file": getattr(_C, "__file__", None)}
     return out
 
 
@@ -176,16 +191,78 @@ def section_train_step(data: Path) -> dict[str, Any]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+SECTIONS = ("gsplat_setup", "gsplat_render", "refine", "image_to_mesh", "train_step")
+"""The sections in their default order."""
+NEEDS_GSPLAT = ("gsplat_render", "refine")
+"""Sections that run only where gsplat_setup, run before them, found gsplat working."""
+
+
+def section_order(first: list[str]) -> list[str]:
+    """`first` in its order, then the other sections in the default order."""
+    return list(dict.fromkeys(first)) + [s for s in SECTIONS if s not in first]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget-s", type=float, default=290.0, help="skip the remaining sections past this time")
     parser.add_argument("--refine-steps", type=int, default=500, help="refinement steps of the refine section")
-    parser.add_argument("--skip", nargs="*", default=[], help="sections to leave out")
+    parser.add_argument("--skip", nargs="*", default=[], choices=SECTIONS, help="sections to leave out")
+    parser.add_argument("--order", nargs="*", default=[], choices=SECTIONS, metavar="SECTION",
+                        help="run these sections first, in this order; the others follow in the default order ("
+                        + " ".join(SECTIONS) + "); gsplat_setup must come before gsplat_render and refine")  # fmt: skip
+    parser.add_argument("--data", type=Path, default=None, help="an existing dataset (a folder with dataset.json, "
+                        "e.g. benchmark.generate_dataset(DIR, quick=False)'s) for image_to_mesh and train_step; "
+                        "default: generate one (needs open3d)")  # fmt: skip
+    parser.add_argument("--partial-json", type=Path, default=None, metavar="PATH",
+                        help="after each section, rewrite PATH with the report so far")  # fmt: skip
     args = parser.parse_args(argv)
+    order = section_order(args.order)
+    for name in NEEDS_GSPLAT:
+        if order.index(name) < order.index("gsplat_setup"):
+            parser.error(f"--order: {name} needs gsplat_setup before it (order: {' '.join(order)})")
+    if args.data is not None and not (args.data / "dataset.json").is_file():
+        parser.error(f"--data {args.data}: no dataset.json there (a dataset in the project's format is needed)")
+    args.order = order
+    args.data = args.data.resolve() if args.data is not None else None
+    return args
+
+
+@contextlib.contextmanager
+def json_stdout():
+    """A file on the real stdout, for the JSON; meanwhile file descriptor 1 goes to stderr, so that nothing else
+    lands in the JSON: rich consoles, C code and child processes (the training step's fork server inherits fd 1)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with os.fdopen(os.dup(saved), "w") as out:
+            yield out
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def write_json(path: Path, report: dict[str, Any]) -> None:
+    """Write `report` to `path` atomically (a reader never sees half a file)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if not torch.cuda.is_available():
         print("gpu_check: no CUDA device (torch.cuda.is_available() is False); this script measures gsplat and the "
               "paper-scale model on a GPU and has nothing to do here", file=sys.stderr)  # fmt: skip
         return 2
+    with json_stdout() as out:
+        report = run_sections(args)
+        out.write(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def run_sections(args: argparse.Namespace) -> dict[str, Any]:
     sys.path.insert(0, str(SCRIPTS))
     began = time.perf_counter()
     report: dict[str, Any] = {
@@ -193,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "budget_s": args.budget_s,
+        "data": str(args.data) if args.data is not None else "generated (benchmark.generate_dataset, quick=False)",
     }
     with tempfile.TemporaryDirectory(prefix="lrm-gpu-check-") as tmp_name:
         tmp = Path(tmp_name)
@@ -200,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         def dataset() -> Path:
             from benchmark import generate_dataset
 
+            if args.data is not None:
+                return args.data
             if not (tmp / "ds" / "dataset.json").is_file():
                 generate_dataset(tmp / "ds", quick=False)
             return tmp / "ds"
@@ -208,18 +288,21 @@ def main(argv: list[str] | None = None) -> int:
             splits = json.loads((dataset() / "dataset.json").read_text())["splits"]
             return dataset() / splits["test"][0] / "images" / "000.png"
 
-        sections = [
-            ("gsplat_setup", section_gsplat_setup),
-            ("gsplat_render", section_gsplat_render),
-            ("refine", lambda: section_refine(args.refine_steps)),
-            ("image_to_mesh", lambda: section_image_to_mesh(tmp, first_test_image())),
-            ("train_step", lambda: section_train_step(dataset())),
-        ]
-        for name, run in sections:
+        sections = {
+            "gsplat_setup": section_gsplat_setup,
+            "gsplat_render": section_gsplat_render,
+            "refine": lambda: section_refine(args.refine_steps),
+            "image_to_mesh": lambda: section_image_to_mesh(tmp, first_test_image()),
+            "train_step": lambda: section_train_step(dataset()),
+        }
+        for name in args.order:
+            run = sections[name]
+            if args.partial_json is not None:
+                write_json(args.partial_json, {**report, "in_progress": name})
             if name in args.skip:
                 report[name] = {"skipped": "--skip"}
                 continue
-            if name in ("gsplat_render", "refine") and not report.get("gsplat_setup", {}).get("available", False):
+            if name in NEEDS_GSPLAT and not report.get("gsplat_setup", {}).get("available", False):
                 report[name] = {"skipped": "gsplat unavailable: " + str(report.get("gsplat_setup", {}).get("reason"))}
                 continue
             elapsed = time.perf_counter() - began
@@ -236,8 +319,9 @@ def main(argv: list[str] | None = None) -> int:
             report[name]["section_s"] = time.perf_counter() - start
             torch.cuda.empty_cache()
     report["total_s"] = time.perf_counter() - began
-    print(json.dumps(report, indent=2))
-    return 0
+    if args.partial_json is not None:
+        write_json(args.partial_json, report)
+    return report
 
 
 if __name__ == "__main__":

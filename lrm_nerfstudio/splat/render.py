@@ -55,7 +55,9 @@ def camera_matrices(cameras: Cameras) -> tuple[Float[Tensor, "C 4 4"], Float[Ten
     if len(widths) == 0 or (widths != widths[0]).any() or (heights != heights[0]).any():
         raise ValueError("render_gaussians: all cameras must have the same image size")
     c2w = cameras.camera_to_worlds.reshape(-1, 3, 4)
-    return get_viewmat(c2w), cameras.get_intrinsics_matrices().reshape(-1, 3, 3), int(widths[0]), int(heights[0])
+    # nerfstudio builds the intrinsics matrices on the CPU whatever the cameras' device
+    intrinsics = cameras.get_intrinsics_matrices().reshape(-1, 3, 3).to(c2w.device)
+    return get_viewmat(c2w), intrinsics, int(widths[0]), int(heights[0])
 
 
 def render_gaussians(
