@@ -15,6 +15,7 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from lrm_nerfstudio.data.lrm_datamanager import LRMDataManager, LRMDataManagerConfig
+from lrm_nerfstudio.eval.image_metrics import mask_iou
 from lrm_nerfstudio.model.lrm_model import LRMModel, LRMModelConfig
 from lrm_nerfstudio.splat.gaussians import EmptyReconstructionError
 from lrm_nerfstudio.training import distributed
@@ -236,12 +237,13 @@ class LRMPipeline(VanillaPipeline):
 
     # ------------------------------------------------------------------------------------------------- evaluation
     @torch.no_grad()
-    def render_eval_view(self, camera, batch: dict[str, Any]) -> dict[str, Tensor]:
-        """Render one held-out view from its object's source image alone."""
+    def render_eval_view(self, camera, batch: dict[str, Any], compute_normals: bool = True) -> dict[str, Tensor]:
+        """Render one held-out view from its object's source image alone (normals too unless `compute_normals` is
+        off, which saves the density-gradient pass when only colour and accumulation are scored)."""
         triplanes = self.model.predict_triplanes(
             batch["source_images"].to(self.device), batch["source_cameras"].to(self.device)
         )
-        return self.model.render_camera(camera, triplanes)
+        return self.model.render_camera(camera, triplanes, compute_normals=compute_normals)
 
     @torch.no_grad()
     def get_eval_image_metrics_and_images(self, step: int):
@@ -268,13 +270,15 @@ class LRMPipeline(VanillaPipeline):
         for camera, batch in self.datamanager.iter_eval_views(
             split=self.config.eval_split, max_objects=self.config.eval_max_objects
         ):
-            outputs = self.render_eval_view(camera, batch)
+            outputs = self.render_eval_view(camera, batch, compute_normals=False)
             image = batch["image"].to(self.device)
             row = self.model.image_metrics(outputs["rgb"], image)
             background = batch.get("background_color")
             background = torch.ones(3, device=self.device) if background is None else background.to(self.device).view(3)
             mse_bg = torch.mean((image - background) ** 2)
             row["background_psnr"] = float(-10.0 * torch.log10(mse_bg.clamp(min=1e-10)))
+            if "alpha" in batch:
+                row["mask_iou"] = mask_iou(outputs["accumulation"], batch["alpha"].reshape(image.shape[:2] + (1,)))
             rows.append(row)
             objects.update(batch["object_ids"])
             if output_path is not None:
@@ -294,6 +298,7 @@ class LRMPipeline(VanillaPipeline):
             f"Held-out ({self.config.eval_split}): PSNR {result['psnr']:.2f} dB (background-only "
             f"{result['background_psnr']:.2f} dB), SSIM {result['ssim']:.3f}"
             + (f", LPIPS {result['lpips']:.3f}" if "lpips" in result else ", LPIPS unavailable")
+            + (f", mask IoU {result['mask_iou']:.3f}" if "mask_iou" in result else "")
             + f" over {len(rows)} views of {len(objects)} objects"
         )
         return result

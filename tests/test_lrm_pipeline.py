@@ -24,6 +24,7 @@ def test_average_eval_metrics_against_background_baseline(procedural_dataset):
     for key in ("psnr", "ssim", "background_psnr", "psnr_std"):
         assert torch.isfinite(torch.tensor(metrics[key])), key
     assert "lpips" not in metrics  # LPIPS is off in the tiny test config
+    assert 0.0 <= metrics["mask_iou"] < 1.0  # an untrained model's empty box misses the object's silhouette
     _, images = pipeline.get_eval_image_metrics_and_images(0)
     assert images["img"].shape[1] == 2 * images["img"].shape[0]  # ground truth | prediction
 

@@ -54,9 +54,16 @@ def view_metrics(
     true_mask = true_alpha[..., 0].to(pred.device) > MASK_THRESHOLD
     union = pred_mask | true_mask
     out["masked_psnr"] = _psnr(squared[union]) if union.any() else None
-    inter = float((pred_mask & true_mask).sum())
-    out["mask_iou"] = inter / float(union.sum()) if union.any() else 1.0
+    out["mask_iou"] = mask_iou(pred_alpha, true_alpha)
     return out
+
+
+def mask_iou(pred_alpha: Float[Tensor, "H W 1"], true_alpha: Float[Tensor, "H W 1"]) -> float:
+    """IoU of the predicted and true masks (alpha / accumulation > 0.5); 1 when both are empty."""
+    pred_mask = pred_alpha[..., 0] > MASK_THRESHOLD
+    true_mask = true_alpha[..., 0].to(pred_mask.device) > MASK_THRESHOLD
+    union = float((pred_mask | true_mask).sum())
+    return float((pred_mask & true_mask).sum()) / union if union else 1.0
 
 
 def mean_metrics(rows: list[dict[str, float | None]]) -> dict[str, float | None]:

@@ -289,6 +289,8 @@ def _print_summary(artefacts: dict[str, str], metrics: dict[str, float], timings
     )
     if "lpips" in metrics:
         scores += f", LPIPS {metrics['lpips']:.3f}"
+    if "mask_iou" in metrics:
+        scores += f", mask IoU {metrics['mask_iou']:.3f}"
     CONSOLE.print(f"Held-out test objects: {scores}", highlight=False)
     CONSOLE.print("Seconds: " + ", ".join(f"{k[:-2]} {v:.0f}" for k, v in timings.items()), highlight=False)
     for what, command in commands.items():
