@@ -61,7 +61,12 @@ class LRMDataManagerConfig(VanillaDataManagerConfig):
     patch_size: int = 32
     """Side of the square patch supervised per target view (patch_size**2 rays per view)."""
     render_resolution_range: tuple[int, int] = (64, 128)
-    """(min, max) width a target view is resized to before a random patch is cropped."""
+    """(min, max) width a target view is resized to before a random patch is cropped (patch_sampling resize)."""
+    patch_sampling: Literal["resize", "stride"] = "resize"
+    """How a target view becomes patch_size^2 rays: resize (a random patch of the view resized, antialiased, to a
+    width in render_resolution_range; contiguous pixels, as LPIPS needs) or stride (every s-th pixel of the view
+    itself in a grid spanning it, s = side // patch_size, at a random offset: the whole object in every patch and
+    targets as sharp as the data, where resizing averages edges into the background)."""
     source_resolution: int = 64
     """Side of the square source image fed to the encoder."""
     background: Background = "white"
@@ -77,6 +82,9 @@ class LRMDataManagerConfig(VanillaDataManagerConfig):
     """Seed of object order and every per-step random choice."""
     source_view: Literal["canonical", "random"] = "canonical"
     """Source view: canonical = view 0 (the canonical front view); random = any view."""
+    source_as_target: bool = False
+    """Make the source view one of the M target views (the others are drawn from the remaining views). The source
+    view is the one view whose every pixel the image shows: supervising it teaches colour and silhouette first."""
     display_object: str | None = None
     """Object id or image path shown in test mode / the viewer; None = first test, else val, else train object."""
     photo_foreground_ratio: float = 0.85
@@ -111,6 +119,11 @@ class LRMDataManagerConfig(VanillaDataManagerConfig):
             )
         if self.objects_per_batch < 1 or self.target_views_per_object < 1:
             raise ValueError("objects_per_batch and target_views_per_object must be >= 1")
+        if self.source_as_target and self.target_views_per_object < 2:
+            raise ValueError(
+                "source_as_target needs target_views_per_object >= 2: with one target view per object only the "
+                "source view would ever be supervised"
+            )
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
@@ -153,6 +166,48 @@ def _composite(prem: Tensor, bg: np.ndarray) -> tuple[Tensor, Tensor]:
 
 def _scaled_size(width: int, height: int, new_width: int, min_side: int = 1) -> tuple[int, int]:
     return new_width, max(min_side, round(height * new_width / width))
+
+
+def _resized_patch(
+    view: Float[Tensor, "4 H W"],
+    depth: Float[Tensor, "1 H W"] | None,
+    intrinsics,
+    p: int,
+    render_resolution_range: tuple[int, int],
+    rng: np.random.Generator,
+) -> tuple[Tensor, Tensor | None, list[float]]:
+    """A random p x p patch of the view resized (antialiased) to a random width in `render_resolution_range`:
+    (premultiplied RGBA, depth or None, the patch camera's fx, fy, cx, cy)."""
+    fx, fy, cx, cy = (float(v) for v in intrinsics)
+    h, w = view.shape[1:]
+    lo, hi = render_resolution_range
+    new_w, new_h = _scaled_size(w, h, int(rng.integers(lo, hi + 1)), min_side=p)
+    y0, x0 = int(rng.integers(0, new_h - p + 1)), int(rng.integers(0, new_w - p + 1))
+    prem = _resize(view, (new_h, new_w))[:, y0 : y0 + p, x0 : x0 + p]
+    if depth is not None:
+        depth = _resize(depth, (new_h, new_w), mode="nearest")[:, y0 : y0 + p, x0 : x0 + p]
+    sx, sy = new_w / w, new_h / h
+    return prem, depth, [fx * sx, fy * sy, cx * sx - x0, cy * sy - y0]
+
+
+def _strided_patch(
+    view: Float[Tensor, "4 H W"], depth: Float[Tensor, "1 H W"] | None, intrinsics, p: int, rng: np.random.Generator
+) -> tuple[Tensor, Tensor | None, list[float]]:
+    """Every s-th pixel of the view's own pixels in a p x p grid spanning it (s = side // p), at a random offset:
+    the whole view, point-sampled at full sharpness. Returns what `_resized_patch` does; the grid's camera has
+    its pixel centres on the chosen pixels' centres."""
+    fx, fy, cx, cy = (float(v) for v in intrinsics)
+    h, w = view.shape[1:]
+    stride = max(1, min(w, h) // p)
+    span = stride * (p - 1) + 1
+    if span > min(w, h):
+        raise DatasetFormatError(f"a {p} x {p} patch does not fit in a {w} x {h} view")
+    y0, x0 = int(rng.integers(0, h - span + 1)), int(rng.integers(0, w - span + 1))
+    prem = view[:, y0 : y0 + span : stride, x0 : x0 + span : stride]
+    if depth is not None:
+        depth = depth[:, y0 : y0 + span : stride, x0 : x0 + span : stride]
+    # grid pixel j's centre j + 1/2 looks along full-resolution pixel x0 + stride * j's centre
+    return prem, depth, [fx / stride, fy / stride, 0.5 + (cx - x0 - 0.5) / stride, 0.5 + (cy - y0 - 0.5) / stride]
 
 
 def ring_cameras(resolution: int = 128, n_azimuth: int = 8, elevations: tuple[float, ...] = (-30.0, 30.0)) -> Cameras:
@@ -236,23 +291,28 @@ class ObjectViewsDataset(Dataset):
         n_views, m, p = len(obj), cfg.target_views_per_object, cfg.patch_size
         src = 0 if cfg.source_view == "canonical" else int(rng.integers(n_views))
         others = [v for v in range(n_views) if v != src] or [src]
-        targets = rng.choice(others, size=m, replace=len(others) < m)
+        if cfg.source_as_target:
+            rest = rng.choice(others, size=m - 1, replace=len(others) < m - 1)
+            targets = np.concatenate([[src], rest]).astype(int)
+        else:
+            targets = rng.choice(others, size=m, replace=len(others) < m)
         src_img, src_cam = self.source(obj, src, bg)
-        lo, hi = cfg.render_resolution_range
         imgs, alphas, depths, c2w, intr = [], [], [], [], []
         for t in targets.tolist():
-            fx, fy, cx, cy, w, h = obj.intrinsics[t]
-            new_w, new_h = _scaled_size(int(w), int(h), int(rng.integers(lo, hi + 1)), min_side=p)
-            prem = _resize(_premultiplied(self.load_view(obj, t)), (new_h, new_w))
-            y0, x0 = int(rng.integers(0, new_h - p + 1)), int(rng.integers(0, new_w - p + 1))
-            rgb, alpha = _composite(prem[:, y0 : y0 + p, x0 : x0 + p], bg)
+            view = _premultiplied(self.load_view(obj, t))
+            depth = self._depth(obj, t) if cfg.load_depth else None
+            if cfg.patch_sampling == "stride":
+                prem, depth, camera = _strided_patch(view, depth, obj.intrinsics[t][:4], p, rng)
+            else:
+                prem, depth, camera = _resized_patch(
+                    view, depth, obj.intrinsics[t][:4], p, cfg.render_resolution_range, rng
+                )
+            rgb, alpha = _composite(prem, bg)
             imgs.append(rgb.permute(1, 2, 0))
             alphas.append(alpha.permute(1, 2, 0))
-            if cfg.load_depth:
-                d = _resize(self._depth(obj, t), (new_h, new_w), mode="nearest")
-                depths.append(d[0, y0 : y0 + p, x0 : x0 + p, None])
-            sx, sy = new_w / w, new_h / h
-            intr.append([fx * sx, fy * sy, cx * sx - x0, cy * sy - y0])
+            if depth is not None:
+                depths.append(depth[0, :, :, None])
+            intr.append(camera)
             c2w.append(obj.c2w[t])
         out = {
             "object_id": obj.object_id,

@@ -87,6 +87,60 @@ def test_layout_patches_are_crops_and_rays_match(ds: Path):
             torch.testing.assert_close(origins[b, m], full.origins[y0 : y0 + P, x0 : x0 + P], atol=1e-5, rtol=0)
 
 
+def _strided_location(patch: np.ndarray, views: list[np.ndarray], stride: int) -> tuple[int, int, int]:
+    """(view, y0, x0) where `patch` is every `stride`-th pixel of a view from (y0, x0)."""
+    p = patch.shape[0]
+    for v, full in enumerate(views):
+        for y0 in range(full.shape[0] - stride * (p - 1)):
+            for x0 in range(full.shape[1] - stride * (p - 1)):
+                grid = full[y0 : y0 + stride * (p - 1) + 1 : stride, x0 : x0 + stride * (p - 1) + 1 : stride]
+                if np.abs(grid - patch).max() < 1e-5:
+                    return v, y0, x0
+    raise AssertionError("patch is not a strided grid of any view")
+
+
+def test_strided_patches_are_the_views_own_pixels_and_rays_match(ds: Path):
+    """patch_sampling stride: each patch holds every 4th pixel of a 64^2 view, unresized, from a random offset,
+    and each of its rays is the full view's ray through that pixel's centre."""
+    dm = make_dm(ds, patch_sampling="stride", background="white", load_depth=True)
+    rb, batch = dm.next_train(0)
+    img = batch["image"].reshape(2, 3, P, P, 3).numpy()
+    depth = batch["depth"].reshape(2, 3, P, P)
+    dirs = rb.directions.reshape(2, 3, P, P, 3)
+    stride, offsets = W // P, set()
+    for b, oid in enumerate(batch["object_ids"]):
+        obj = dm.dataparser.load_object(oid)
+        views = []
+        for v in range(len(obj)):
+            rgba = load_rgba(obj.image_paths[v])
+            views.append(rgba[..., :3] * rgba[..., 3:] + (1 - rgba[..., 3:]))
+        cams = dm.dataparser.object_cameras(obj)
+        for m in range(3):
+            v, y0, x0 = _strided_location(img[b, m], views, stride)
+            offsets.add((y0, x0))
+            full = cams.generate_rays(camera_indices=v)  # [H, W]
+            want = full.directions[y0 : y0 + stride * (P - 1) + 1 : stride, x0 : x0 + stride * (P - 1) + 1 : stride]
+            torch.testing.assert_close(dirs[b, m], want, atol=1e-5, rtol=0)
+            assert set(np.unique(depth[b, m].numpy()).round(4)) <= {0.0, 1.5}  # the disc's depth or no hit
+    assert len(offsets) > 1  # random offsets
+
+
+def test_source_as_target_supervises_the_source_view_first(ds: Path):
+    dm = make_dm(ds, source_as_target=True, render_resolution_range=(W, W), background="white")
+    _, batch = dm.next_train(0)
+    img = batch["image"].reshape(2, 3, P, P, 3).numpy()
+    for b, oid in enumerate(batch["object_ids"]):
+        obj = dm.dataparser.load_object(oid)
+        views = []
+        for v in range(len(obj)):
+            rgba = load_rgba(obj.image_paths[v])
+            views.append(rgba[..., :3] * rgba[..., 3:] + (1 - rgba[..., 3:]))
+        located = [_locate(img[b, m], views)[0] for m in range(3)]
+        assert located[0] == 0 and 0 not in located[1:], located
+    with pytest.raises(ValueError, match="source_as_target needs target_views_per_object >= 2"):
+        LRMDataManagerConfig(data=ds, source_as_target=True, target_views_per_object=1)
+
+
 def test_centre_ray_points_along_minus_z(ds: Path):
     dm = make_dm(ds)
     obj = dm.dataparser.load_object("obj_train_003")
