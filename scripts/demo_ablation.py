@@ -20,7 +20,7 @@ import json
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ import torch
 import tyro
 from nerfstudio.engine.trainer import TrainerConfig
 
+from lrm_nerfstudio.eval.image_metrics import mask_iou
 from lrm_nerfstudio.scripts.demo import DemoConfig, trainer_config
 
 
@@ -107,6 +108,7 @@ CANDIDATES: dict[str, list[Callable[[TrainerConfig], None]]] = {
         _set(f"{DM}.target_views_per_object", 1),
     ],
     # four times the objects a step at the same rays, the transformer narrowed to pay for them
+    "objects-32-views-1": [_set(f"{DM}.objects_per_batch", 32), _set(f"{DM}.target_views_per_object", 1)],
     "width-128-objects-16-views-1": [
         _set(f"{MODEL}.transformer.inner_dim", 128),
         _set(f"{DM}.objects_per_batch", 16),
@@ -117,6 +119,20 @@ CANDIDATES: dict[str, list[Callable[[TrainerConfig], None]]] = {
         _set(f"{DM}.objects_per_batch", 16),
         _set(f"{DM}.target_views_per_object", 1),
     ],
+    # the source view supervised as one of the four target views
+    "source-target": [_set(f"{DM}.source_as_target", True)],
+    "layers-0": [_set(f"{MODEL}.transformer.num_layers", 0)],
+    # capacity and sharpness probes (for GPU learning curves; too slow a step for the demo's CPU budget)
+    "big": [
+        _set(f"{MODEL}.transformer.triplane_low_res", 16),
+        _set(f"{MODEL}.transformer.num_layers", 6),
+        _set(f"{MODEL}.field.hidden_dim", 128),
+    ],
+    "sharp": [_set(f"{DM}.patch_size", 32), _set(f"{DM}.render_resolution_range", (32, 64))],
+    # the same 16^2 rays a view, as every 4th pixel of the 64^2 view itself: the whole object, at full sharpness
+    "stride": [_set(f"{DM}.patch_sampling", "stride")],
+    "patch-12": [_set(f"{DM}.patch_size", 12)],
+    "lr-2x": [_lr("decoder", 2e-3), _lr("encoder", 6e-4)],
 }
 """Named candidates: edits applied to the demo's trainer config."""
 
@@ -146,9 +162,17 @@ DESCRIPTIONS = {
     "depth-0.25": "L1 loss on the expected z-depth of foreground rays, weight 0.25 (demo: no depth)",
     "pixel-lift": "pixel lift: source pixels and patch features lifted along the camera's rays into the triplane",
     "pixel-lift-width-128-objects-16-views-1": "pixel lift, transformer width 128, 16 objects x 1 view a step",
+    "objects-32-views-1": "32 objects x 1 view a step (demo: 4 x 4; twice the rays)",
     "width-128-objects-16-views-1": "transformer width 128, 16 objects x 1 view a step (demo: 256, 4 x 4)",
     "lift-volume-objects-16-views-1": "volume lift, 16 objects x 1 view a step",
     "lift-volume": "image lifted along the canonical camera's rays, occupancy per depth slice (demo: orthographic)",
+    "source-target": "the source view is one of the 4 target views of each object (demo: only other views)",
+    "layers-0": "no triplane transformer layers: the lifted image and the position tokens go straight to the upsampler",
+    "big": "16^2 token planes (32^2 triplane), 6 transformer layers, field MLP width 128",
+    "sharp": "32^2 patches of 32-64^2 renders (demo: 16^2 of 16-24^2)",
+    "stride": "16^2 rays a view on every 4th pixel of the 64^2 view (random offset), not a 16-24^2 resize",
+    "patch-12": "12^2 rays a view (demo: 16^2)",
+    "lr-2x": "learning rates x2 (decoder 2e-3, encoder 6e-4)",
 }
 
 
@@ -161,17 +185,31 @@ class AblationConfig:
     output_dir: Path = Path("outputs/demo-ablation")
     """Folder of the runs and of results.jsonl / results.md."""
     candidates: list[str] = field(default_factory=lambda: ["baseline", "bias-4"])
-    """Candidates to run, in order (see CANDIDATES in this file)."""
+    """Candidates to run, in order (see CANDIDATES in this file); "a+b" combines candidates a and b."""
     steps: int = 400
     """Training steps of each run."""
     schedule_steps: int = 1200
     """Length of the learning-rate schedule (the demo's max_iterations)."""
     eval_max_objects: int | None = None
     """Held-out test objects to evaluate (None: all)."""
+    eval_data: Path | None = None
+    """Score the test objects of this dataset instead of --data's own (e.g. the demo's 13 test objects while
+    training on a larger dataset from another seed, so that rows trained on different data compare on the same
+    objects). None: --data's test split."""
     workers: int = 1
     """Data-loading worker processes."""
     seed: int = 0
     """Seed of torch / numpy / random before the model is built."""
+
+
+def known(name: str) -> bool:
+    """Whether `name` is a candidate or a '+'-joined combination of candidates."""
+    return all(part in CANDIDATES for part in name.split("+"))
+
+
+def edits(name: str) -> list[Callable[[TrainerConfig], None]]:
+    """The edits of candidate `name`; 'a+b' applies a's, then b's."""
+    return [edit for part in name.split("+") for edit in CANDIDATES[part]]
 
 
 def _seed(seed: int) -> None:
@@ -185,27 +223,26 @@ def _init_accumulation(pipeline) -> float:
     """Mean accumulation over the box-crossing pixels of the first held-out view (the untrained model's fog)."""
     camera, batch = next(iter(pipeline.datamanager.iter_eval_views(split="test", max_objects=1)))
     pipeline.eval()
-    outputs = pipeline.render_eval_view(camera, batch)
+    outputs = pipeline.render_eval_view(camera, batch, compute_normals=False)
     pipeline.train()
     acc = outputs["accumulation"][..., 0]
     return float(acc[acc > 0].mean()) if bool((acc > 0).any()) else 0.0
 
 
 @torch.no_grad()
-def evaluate(pipeline, max_objects: int | None, split: str = "test") -> dict[str, float]:
-    """PSNR / SSIM / background PSNR / mask IoU averaged over the non-source views of `split`'s objects."""
+def evaluate(pipeline, max_objects: int | None, split: str = "test", datamanager=None) -> dict[str, float]:
+    """PSNR / SSIM / background PSNR / mask IoU averaged over the non-source views of `split`'s objects (of
+    `datamanager`'s dataset, by default the pipeline's own)."""
     pipeline.eval()
     rows = []
-    for camera, batch in pipeline.datamanager.iter_eval_views(split=split, max_objects=max_objects):
-        outputs = pipeline.render_eval_view(camera, batch)
+    dm = datamanager if datamanager is not None else pipeline.datamanager
+    for camera, batch in dm.iter_eval_views(split=split, max_objects=max_objects):
+        outputs = pipeline.render_eval_view(camera, batch, compute_normals=False)
         image = batch["image"]
         row = pipeline.model.image_metrics(outputs["rgb"], image)
         background = batch["background_color"].view(3).to(image)
         row["background_psnr"] = float(-10.0 * torch.log10(torch.mean((image - background) ** 2).clamp(min=1e-10)))
-        pred = outputs["accumulation"][..., 0] > 0.5
-        true = batch["alpha"].reshape(pred.shape) > 0.5
-        union = (pred | true).sum()
-        row["mask_iou"] = float((pred & true).sum() / union) if union > 0 else 1.0
+        row["mask_iou"] = mask_iou(outputs["accumulation"], batch["alpha"].reshape(image.shape[:2] + (1,)))
         rows.append(row)
     pipeline.train()
     result = {key: float(np.mean([row[key] for row in rows])) for key in rows[0]}
@@ -215,7 +252,7 @@ def evaluate(pipeline, max_objects: int | None, split: str = "test") -> dict[str
 
 def run_candidate(config: AblationConfig, name: str) -> dict:
     """Train candidate `name` for `config.steps` steps and evaluate it."""
-    if name not in CANDIDATES:
+    if not known(name):
         raise ValueError(f"demo_ablation: unknown candidate {name!r}; known: {', '.join(CANDIDATES)}")
     demo = DemoConfig(
         data=config.data,
@@ -225,7 +262,7 @@ def run_candidate(config: AblationConfig, name: str) -> dict:
         workers=config.workers,
     )
     trainer_cfg = trainer_config(demo)
-    for edit in CANDIDATES[name]:
+    for edit in edits(name):
         edit(trainer_cfg)
     trainer_cfg.max_num_iterations = config.steps
     trainer_cfg.steps_per_eval_batch = trainer_cfg.steps_per_eval_image = 10**9  # evaluation only at the end
@@ -243,15 +280,22 @@ def run_candidate(config: AblationConfig, name: str) -> dict:
     finally:
         trainer.shutdown()
     train_s = time.perf_counter() - start
-    metrics = evaluate(trainer.pipeline, config.eval_max_objects)
+    held_out = None
+    if config.eval_data is not None:
+        dm_config = replace(trainer_cfg.pipeline.datamanager, data=config.eval_data)
+        dm_config.dataparser = replace(dm_config.dataparser, data=config.eval_data)
+        held_out = dm_config.setup(device=trainer.pipeline.device, test_mode="test")
+    metrics = evaluate(trainer.pipeline, config.eval_max_objects, datamanager=held_out)
     # the same measures on as many training objects: a gap to the held-out ones is over-fitting, none is under-fitting
-    num_test = len(trainer.pipeline.datamanager.dataparser.object_ids("test"))
+    num_test = len((held_out or trainer.pipeline.datamanager).dataparser.object_ids("test"))
     seen = evaluate(trainer.pipeline, config.eval_max_objects or num_test, split="train")
     return {
         "candidate": name,
-        "settings": DESCRIPTIONS.get(name, name),
+        "settings": "; ".join(DESCRIPTIONS.get(part, part) for part in name.split("+")),
         "seed": config.seed,
         "steps": config.steps,
+        "data": str(config.data),
+        "eval_data": str(config.eval_data or config.data),
         "schedule_steps": config.schedule_steps,
         "train_s": round(train_s, 1),
         "s_per_step": round(train_s / config.steps, 3),
@@ -270,9 +314,7 @@ def _cell(row: dict, key: str, fmt: str) -> str:
 
 def write_table(results: list[dict], path: Path) -> None:
     """Markdown table of all runs in `results`."""
-    head = (
-        "| candidate | settings | seed | steps | train s | s/step | init acc | PSNR | bg PSNR | +dB | SSIM | mask IoU | train PSNR | train IoU |"
-    )
+    head = "| candidate | settings | seed | steps | train s | s/step | init acc | PSNR | bg PSNR | +dB | SSIM | mask IoU | train PSNR | train IoU |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         lines.append(
@@ -287,7 +329,7 @@ def write_table(results: list[dict], path: Path) -> None:
 def main(config: AblationConfig) -> list[dict]:
     """Run every candidate; returns their result rows (also printed as JSON)."""
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    unknown = [name for name in config.candidates if name not in CANDIDATES]
+    unknown = [name for name in config.candidates if not known(name)]
     if unknown:
         raise ValueError(f"demo_ablation: unknown candidate(s) {unknown}; known: {', '.join(CANDIDATES)}")
     if not (config.data / "dataset.json").is_file():

@@ -74,4 +74,41 @@ def test_every_candidate_applies_and_docs_name_only_known_ones():
     named = [m.split() for m in re.findall(r"demo_ablation\.py [^\n]*--candidates ([^\n`]+)", docs)]
     assert len(named) >= 10
     for names in named:
-        assert set(names) <= set(ablation.CANDIDATES), names
+        assert all(ablation.known(name) for name in names), names
+
+
+def test_joined_candidates_apply_every_part_in_order():
+    """'a+b' applies a's edits, then b's, and its table row names both settings; an unknown part is named."""
+    from lrm_nerfstudio.scripts.demo import DemoConfig, trainer_config
+
+    ablation = load_script()
+    trainer = trainer_config(DemoConfig(viewer=False))
+    for edit in ablation.edits("width-128+objects-16-views-1"):
+        edit(trainer)
+    assert trainer.pipeline.model.transformer.inner_dim == 128
+    assert (trainer.pipeline.datamanager.objects_per_batch, trainer.pipeline.datamanager.target_views_per_object) == (
+        16,
+        1,
+    )
+    assert ablation.known("width-128+objects-16-views-1") and not ablation.known("width-128+nope")
+    with pytest.raises(ValueError, match="unknown candidate.*width-128\\+nope"):
+        ablation.main(ablation.AblationConfig(data=Path("."), output_dir=Path("o"), candidates=["width-128+nope"]))
+
+
+@pytest.mark.slow  # one lrm-tiny trainer set-up and two small evaluations
+def test_eval_data_scores_the_other_datasets_test_objects(procedural_dataset, tmp_path):
+    """--eval-data: the held-out scores come from the other dataset's test split (here 3 views per object, where
+    the training data's test object has 7), the training-object scores from the training data."""
+    from lrm_nerfstudio.generate.generate import GenerateConfig
+    from lrm_nerfstudio.generate.generate import main as generate
+
+    other = tmp_path / "other"
+    generate(GenerateConfig(output=other, num_objects=4, num_views=4, resolution=64, seed=3, workers=1))
+    ablation = load_script()
+    config = ablation.AblationConfig(
+        data=procedural_dataset, eval_data=other, output_dir=tmp_path / "o", candidates=["baseline"], steps=1,
+        eval_max_objects=1,
+    )  # fmt: skip
+    (row,) = ablation.main(config)
+    assert row["num_views"] == 3 and row["eval_data"] == str(other) and row["data"] == str(procedural_dataset)
+    assert math.isfinite(row["psnr"]) and math.isfinite(row["train_psnr"])
