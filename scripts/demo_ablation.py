@@ -119,8 +119,19 @@ CANDIDATES: dict[str, list[Callable[[TrainerConfig], None]]] = {
         _set(f"{DM}.objects_per_batch", 16),
         _set(f"{DM}.target_views_per_object", 1),
     ],
-    # the source view supervised as one of the four target views
-    "source-target": [_set(f"{DM}.source_as_target", True)],
+    # the recipe the demo had before the fifth round, for rerunning that round's rows against today's defaults
+    "recipe-round-4": [
+        _set(f"{MODEL}.transformer.inner_dim", 256),
+        _set(f"{DM}.objects_per_batch", 4),
+        _set(f"{DM}.target_views_per_object", 4),
+        _set(f"{DM}.patch_sampling", "resize"),
+    ],
+    # the source view supervised as one of the four target views (4 objects x 4 views: source_as_target needs >= 2)
+    "source-target": [
+        _set(f"{DM}.objects_per_batch", 4),
+        _set(f"{DM}.target_views_per_object", 4),
+        _set(f"{DM}.source_as_target", True),
+    ],
     "layers-0": [_set(f"{MODEL}.transformer.num_layers", 0)],
     # capacity and sharpness probes (for GPU learning curves; too slow a step for the demo's CPU budget)
     "big": [
@@ -137,7 +148,7 @@ CANDIDATES: dict[str, list[Callable[[TrainerConfig], None]]] = {
 """Named candidates: edits applied to the demo's trainer config."""
 
 DESCRIPTIONS = {
-    "baseline": "the demo's current recipe (trunc_exp, density bias -4, mask 0.5, 16+16 samples)",
+    "baseline": "the demo's current recipe (width-128 transformer, 16 objects x 1 view x 16^2 strided rays, bias -4)",
     "bias-1": "density bias -1, lrm-tiny's default before issue 14 (initial density exp(-1) = 0.37)",
     "bias-4": "density bias -4 (initial density exp(-4) = 0.018)",
     "bias-6": "density bias -6 (initial density exp(-6) = 0.0025)",
@@ -147,32 +158,33 @@ DESCRIPTIONS = {
     "samples-24-8": "24 uniform + 8 importance samples (demo: 16 + 16)",
     "bias-4-samples-24-8": "density bias -4, 24 + 8 samples",
     "bias-4-lr-2x": "density bias -4, learning rates x2 (decoder 2e-3, encoder 6e-4)",
-    "objects-8-views-2": "8 objects x 2 views a step (demo: 4 x 4; same rays)",
-    "objects-16-views-1": "16 objects x 1 view a step (demo: 4 x 4; same rays)",
-    "objects-2-views-8": "2 objects x 8 views a step (demo: 4 x 4; same rays)",
-    "render-32-48": "16^2 patches from 32-48^2 renders (demo: 16-24^2)",
+    "objects-8-views-2": "8 objects x 2 views a step (round-4 demo: 4 x 4; same rays)",
+    "objects-16-views-1": "16 objects x 1 view a step (round-4 demo: 4 x 4; same rays)",
+    "objects-2-views-8": "2 objects x 8 views a step (round-4 demo: 4 x 4; same rays)",
+    "render-32-48": "16^2 patches from 32-48^2 renders (round-4 demo: 16-24^2)",
     "planes-16": "16^2 token planes, 32^2 triplane (demo: 8^2, 16^2)",
     "upsample-4": "8^2 token planes upsampled x4 to a 32^2 triplane (demo: x2, 16^2)",
     "midpoint-24": "24 midpoint samples per ray, all with gradients (demo: 16 uniform + 16 importance)",
-    "views-2": "4 objects x 2 views a step: half the rays (demo: 4 x 4)",
-    "width-128": "triplane transformer width 128 (demo: 256)",
+    "views-2": "2 target views an object a step (round-4 demo: 4 objects x 4 views; with it, half the rays)",
+    "width-128": "triplane transformer width 128 (round-4 demo: 256)",
     "layers-2": "2 triplane transformer layers (demo: 3)",
     "width-128-objects-8-views-2": "transformer width 128, 8 objects x 2 views a step",
     "depth-1": "L1 loss on the expected z-depth of foreground rays, weight 1 (demo: no depth)",
     "depth-0.25": "L1 loss on the expected z-depth of foreground rays, weight 0.25 (demo: no depth)",
     "pixel-lift": "pixel lift: source pixels and patch features lifted along the camera's rays into the triplane",
     "pixel-lift-width-128-objects-16-views-1": "pixel lift, transformer width 128, 16 objects x 1 view a step",
-    "objects-32-views-1": "32 objects x 1 view a step (demo: 4 x 4; twice the rays)",
-    "width-128-objects-16-views-1": "transformer width 128, 16 objects x 1 view a step (demo: 256, 4 x 4)",
+    "objects-32-views-1": "32 objects x 1 view a step (round-4 demo: 4 x 4; twice the rays)",
+    "width-128-objects-16-views-1": "transformer width 128, 16 objects x 1 view a step (round-4 demo: 256, 4 x 4)",
     "lift-volume-objects-16-views-1": "volume lift, 16 objects x 1 view a step",
     "lift-volume": "image lifted along the canonical camera's rays, occupancy per depth slice (demo: orthographic)",
-    "source-target": "the source view is one of the 4 target views of each object (demo: only other views)",
+    "source-target": "4 objects x 4 views a step, the source view one of the 4 (otherwise only other views)",
     "layers-0": "no triplane transformer layers: the lifted image and the position tokens go straight to the upsampler",
     "big": "16^2 token planes (32^2 triplane), 6 transformer layers, field MLP width 128",
-    "sharp": "32^2 patches of 32-64^2 renders (demo: 16^2 of 16-24^2)",
-    "stride": "16^2 rays a view on every 4th pixel of the 64^2 view (random offset), not a 16-24^2 resize",
+    "sharp": "32^2 patches of 32-64^2 renders (round-4 demo: 16^2 of 16-24^2)",
+    "stride": "16^2 rays a view on every 4th pixel of the 64^2 view (random offset), not a 16-24^2 resize (demo since round 5)",
     "patch-12": "12^2 rays a view (demo: 16^2)",
     "lr-2x": "learning rates x2 (decoder 2e-3, encoder 6e-4)",
+    "recipe-round-4": "the demo before round 5: width 256, 4 objects x 4 views, 16^2 patches resized from 16-24^2",
 }
 
 
