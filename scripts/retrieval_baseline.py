@@ -20,11 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 import tyro
 
 from lrm_nerfstudio.data.dataset_format import load_object_mesh, load_rgba
 from lrm_nerfstudio.data.lrm_dataparser import LRMDataParser, LRMDataParserConfig
 from lrm_nerfstudio.eval.baselines import render_mesh
+from lrm_nerfstudio.eval.image_metrics import mask_iou
 
 
 @dataclass
@@ -81,9 +83,7 @@ def main(config: RetrievalConfig) -> dict[str, dict[str, float]]:
             for k in config.k:
                 predicted = np.mean(masks[:k], axis=0)[..., None]
                 mse = float(((colour * predicted + (1.0 - predicted) - image) ** 2).mean())
-                pred, true = predicted[..., 0] > 0.5, true_alpha[..., 0] > 0.5
-                union = int((pred | true).sum())
-                iou = float((pred & true).sum() / union) if union else 1.0
+                iou = mask_iou(torch.from_numpy(predicted), torch.from_numpy(true_alpha))
                 rows[k].append((-10 * np.log10(max(mse, 1e-10)), -10 * np.log10(max(background_mse, 1e-10)), iou))
     result = {}
     for k, values in rows.items():

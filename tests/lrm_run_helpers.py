@@ -1,7 +1,9 @@
-"""Helpers shared by the export and script tests: a tiny LRM run saved in the layout `ns-train` writes."""
+"""Helpers shared by the export and script tests: a tiny LRM run saved in the layout `ns-train` writes, and the
+scripts/ files loaded as modules."""
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from collections.abc import Callable
@@ -55,3 +57,15 @@ def run_tool(cmd: list[str], timeout: float = 900, expect: int | None = 0) -> su
             f"{' '.join(cmd)} exited {out.returncode}, expected {expect}:\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
         )
     return out
+
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def load_script(name: str):
+    """scripts/NAME.py as a module (registered in sys.modules, where dataclasses look their module up)."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,15 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from lrm_run_helpers import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("gpu_check_under_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here: gpu_check.py would run its checks")
@@ -35,7 +28,7 @@ def test_without_cuda_exits_2_with_a_message():
 
 
 def test_order_runs_the_named_sections_first_then_the_rest_in_the_default_order():
-    gpu_check = load_script()
+    gpu_check = load_script("gpu_check")
     assert gpu_check.parse_args([]).order == list(gpu_check.SECTIONS)
     args = gpu_check.parse_args(["--order", "train_step", "image_to_mesh", "gsplat_setup"])
     assert args.order == ["train_step", "image_to_mesh", "gsplat_setup", "gsplat_render", "refine"]
@@ -52,7 +45,7 @@ def test_order_runs_the_named_sections_first_then_the_rest_in_the_default_order(
     ],
 )
 def test_bad_order_or_section_names_are_refused_before_anything_runs(argv, capsys):
-    gpu_check = load_script()
+    gpu_check = load_script("gpu_check")
     with pytest.raises(SystemExit) as exc:
         gpu_check.parse_args(argv)
     assert exc.value.code == 2
@@ -60,7 +53,7 @@ def test_bad_order_or_section_names_are_refused_before_anything_runs(argv, capsy
 
 
 def test_data_must_hold_a_dataset_json(tmp_path, capsys):
-    gpu_check = load_script()
+    gpu_check = load_script("gpu_check")
     with pytest.raises(SystemExit) as exc:
         gpu_check.parse_args(["--data", str(tmp_path)])
     assert exc.value.code == 2
@@ -72,7 +65,7 @@ def test_data_must_hold_a_dataset_json(tmp_path, capsys):
 
 
 def test_partial_json_is_written_whole(tmp_path):
-    gpu_check = load_script()
+    gpu_check = load_script("gpu_check")
     path = tmp_path / "partial.json"
     gpu_check.write_json(path, {"device": "x", "train_step": {"median_s": 1.0}})
     gpu_check.write_json(path, {"device": "x", "in_progress": "refine"})

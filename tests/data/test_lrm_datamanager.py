@@ -65,6 +65,15 @@ def _locate(patch: np.ndarray, views: list[np.ndarray]) -> tuple[int, int, int]:
     raise AssertionError("patch is not a crop of any view")
 
 
+def _views_on_white(obj) -> list[np.ndarray]:
+    """Every view of `obj` composited on white, as the white-background batches hold them."""
+    views = []
+    for path in obj.image_paths:
+        rgba = load_rgba(path)
+        views.append(rgba[..., :3] * rgba[..., 3:] + (1 - rgba[..., 3:]))
+    return views
+
+
 def test_layout_patches_are_crops_and_rays_match(ds: Path):
     """With no resizing ([64, 64] range), each [b, m] patch is a crop; its rays equal the full camera's rays."""
     dm = make_dm(ds, render_resolution_range=(W, W), background="white")
@@ -74,10 +83,7 @@ def test_layout_patches_are_crops_and_rays_match(ds: Path):
     dirs = rb.directions.reshape(2, 3, P, P, 3)
     for b, oid in enumerate(batch["object_ids"]):
         obj = dm.dataparser.load_object(oid)
-        views = []
-        for v in range(len(obj)):
-            rgba = load_rgba(obj.image_paths[v])
-            views.append(rgba[..., :3] * rgba[..., 3:] + (1 - rgba[..., 3:]))
+        views = _views_on_white(obj)
         cams = dm.dataparser.object_cameras(obj)
         for m in range(3):
             v, y0, x0 = _locate(img[b, m], views)
@@ -110,10 +116,7 @@ def test_strided_patches_are_the_views_own_pixels_and_rays_match(ds: Path):
     stride, offsets = W // P, set()
     for b, oid in enumerate(batch["object_ids"]):
         obj = dm.dataparser.load_object(oid)
-        views = []
-        for v in range(len(obj)):
-            rgba = load_rgba(obj.image_paths[v])
-            views.append(rgba[..., :3] * rgba[..., 3:] + (1 - rgba[..., 3:]))
+        views = _views_on_white(obj)
         cams = dm.dataparser.object_cameras(obj)
         for m in range(3):
             v, y0, x0 = _strided_location(img[b, m], views, stride)
@@ -131,10 +134,7 @@ def test_source_as_target_supervises_the_source_view_first(ds: Path):
     img = batch["image"].reshape(2, 3, P, P, 3).numpy()
     for b, oid in enumerate(batch["object_ids"]):
         obj = dm.dataparser.load_object(oid)
-        views = []
-        for v in range(len(obj)):
-            rgba = load_rgba(obj.image_paths[v])
-            views.append(rgba[..., :3] * rgba[..., 3:] + (1 - rgba[..., 3:]))
+        views = _views_on_white(obj)
         located = [_locate(img[b, m], views)[0] for m in range(3)]
         assert located[0] == 0 and 0 not in located[1:], located
     with pytest.raises(ValueError, match="source_as_target needs target_views_per_object >= 2"):

@@ -2,29 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import re
-import sys
 from pathlib import Path
 
 import pytest
+from lrm_run_helpers import load_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "demo_ablation.py"
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("demo_ablation", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow  # two lrm-tiny trainer set-ups and evaluations: about a minute
 def test_two_candidates_two_steps(procedural_dataset, tmp_path):
-    ablation = load_script()
+    ablation = load_script("demo_ablation")
     config = ablation.AblationConfig(
         data=procedural_dataset, output_dir=tmp_path, candidates=["bias-1", "bias-4"], steps=2, eval_max_objects=1
     )
@@ -49,7 +40,7 @@ def test_two_candidates_two_steps(procedural_dataset, tmp_path):
 
 
 def test_unknown_candidate_is_named(tmp_path):
-    ablation = load_script()
+    ablation = load_script("demo_ablation")
     with pytest.raises(ValueError, match="unknown candidate.*'nope'"):
         ablation.main(ablation.AblationConfig(data=tmp_path, output_dir=tmp_path / "o", candidates=["nope"]))
 
@@ -59,7 +50,7 @@ def test_every_candidate_applies_and_docs_name_only_known_ones():
     docs/TRAINING.md names candidates the runner has (with a description for its table)."""
     from lrm_nerfstudio.scripts.demo import DemoConfig, trainer_config
 
-    ablation = load_script()
+    ablation = load_script("demo_ablation")
     for name, edits in ablation.CANDIDATES.items():
         trainer = trainer_config(DemoConfig(viewer=False))
         for edit in edits:
@@ -81,7 +72,7 @@ def test_joined_candidates_apply_every_part_in_order():
     """'a+b' applies a's edits, then b's, and its table row names both settings; an unknown part is named."""
     from lrm_nerfstudio.scripts.demo import DemoConfig, trainer_config
 
-    ablation = load_script()
+    ablation = load_script("demo_ablation")
     trainer = trainer_config(DemoConfig(viewer=False))
     for edit in ablation.edits("width-128+objects-16-views-1"):
         edit(trainer)
@@ -104,7 +95,7 @@ def test_eval_data_scores_the_other_datasets_test_objects(procedural_dataset, tm
 
     other = tmp_path / "other"
     generate(GenerateConfig(output=other, num_objects=4, num_views=4, resolution=64, seed=3, workers=1))
-    ablation = load_script()
+    ablation = load_script("demo_ablation")
     config = ablation.AblationConfig(
         data=procedural_dataset, eval_data=other, output_dir=tmp_path / "o", candidates=["baseline"], steps=1,
         eval_max_objects=1,

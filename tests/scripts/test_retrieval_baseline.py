@@ -3,25 +3,12 @@ object does not; bad arguments are named."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "retrieval_baseline.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("retrieval_baseline", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+from lrm_run_helpers import load_script
 
 
 def test_the_object_itself_is_retrieved_and_reproduces_its_views(procedural_dataset):
-    retrieval = load_script()
+    retrieval = load_script("retrieval_baseline")
     own = retrieval.main(
         retrieval.RetrievalConfig(
             database=procedural_dataset, database_splits=("test",), eval_data=procedural_dataset, k=[1]
@@ -37,7 +24,7 @@ def test_the_object_itself_is_retrieved_and_reproduces_its_views(procedural_data
 
 
 def test_bad_arguments_are_named(procedural_dataset):
-    retrieval = load_script()
+    retrieval = load_script("retrieval_baseline")
     with pytest.raises(ValueError, match="--k"):
         retrieval.main(retrieval.RetrievalConfig(database=procedural_dataset, eval_data=procedural_dataset, k=[0]))
     with pytest.raises(ValueError, match="fewer than k=50"):
