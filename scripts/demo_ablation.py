@@ -133,6 +133,7 @@ CANDIDATES: dict[str, list[Callable[[TrainerConfig], None]]] = {
         _set(f"{DM}.source_as_target", True),
     ],
     "layers-0": [_set(f"{MODEL}.transformer.num_layers", 0)],
+    "layers-1": [_set(f"{MODEL}.transformer.num_layers", 1)],
     # capacity and sharpness probes (for GPU learning curves; too slow a step for the demo's CPU budget)
     "big": [
         _set(f"{MODEL}.transformer.triplane_low_res", 16),
@@ -144,6 +145,10 @@ CANDIDATES: dict[str, list[Callable[[TrainerConfig], None]]] = {
     "stride": [_set(f"{DM}.patch_sampling", "stride")],
     "patch-12": [_set(f"{DM}.patch_size", 12)],
     "lr-2x": [_lr("decoder", 2e-3), _lr("encoder", 6e-4)],
+    "relu": [_set(f"{MODEL}.field.activation", "relu")],
+    "objects-64-views-1": [_set(f"{DM}.objects_per_batch", 64), _set(f"{DM}.target_views_per_object", 1)],
+    "patch-8": [_set(f"{DM}.patch_size", 8)],
+    "lr-3x": [_lr("decoder", 3e-3), _lr("encoder", 9e-4)],
 }
 """Named candidates: edits applied to the demo's trainer config."""
 
@@ -178,12 +183,17 @@ DESCRIPTIONS = {
     "lift-volume-objects-16-views-1": "volume lift, 16 objects x 1 view a step",
     "lift-volume": "image lifted along the canonical camera's rays, occupancy per depth slice (demo: orthographic)",
     "source-target": "4 objects x 4 views a step, the source view one of the 4 (otherwise only other views)",
+    "layers-1": "1 triplane transformer layer (demo: 3)",
     "layers-0": "no triplane transformer layers: the lifted image and the position tokens go straight to the upsampler",
     "big": "16^2 token planes (32^2 triplane), 6 transformer layers, field MLP width 128",
     "sharp": "32^2 patches of 32-64^2 renders (round-4 demo: 16^2 of 16-24^2)",
     "stride": "16^2 rays a view on every 4th pixel of the 64^2 view (random offset), not a 16-24^2 resize (demo since round 5)",
     "patch-12": "12^2 rays a view (demo: 16^2)",
     "lr-2x": "learning rates x2 (decoder 2e-3, encoder 6e-4)",
+    "objects-64-views-1": "64 objects x 1 view a step (demo: 16 x 1)",
+    "patch-8": "8^2 rays a view, every 8th pixel (demo: 16^2)",
+    "lr-3x": "learning rates x3 (decoder 3e-3, encoder 9e-4)",
+    "relu": "ReLU in the field's MLP (demo: SiLU, whose forward and backward take a quarter of a CPU step)",
     "recipe-round-4": "the demo before round 5: width 256, 4 objects x 4 views, 16^2 patches resized from 16-24^2",
 }
 
