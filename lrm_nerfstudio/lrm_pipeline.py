@@ -19,6 +19,7 @@ from lrm_nerfstudio.eval.image_metrics import mask_iou
 from lrm_nerfstudio.model.lrm_model import LRMModel, LRMModelConfig
 from lrm_nerfstudio.splat.gaussians import EmptyReconstructionError
 from lrm_nerfstudio.training import distributed
+from lrm_nerfstudio.training.cpu_memory import keep_freed_memory
 from lrm_nerfstudio.training.deferred import deferred_backward
 from lrm_nerfstudio.training.determinism import seed_torch_for_step
 from lrm_nerfstudio.training.progressive import ProgressiveSpec, ProgressiveStage, parse_schedule, stage_at
@@ -85,6 +86,8 @@ class LRMPipeline(VanillaPipeline):
 
     def __init__(self, config: LRMPipelineConfig, device: str | torch.device, **kwargs: Any) -> None:
         self._progressive = parse_schedule(config.progressive)  # bad stages fail before any loading
+        if torch.device(device).type == "cpu":
+            keep_freed_memory()  # ~20 % faster CPU steps: no page faults on each step's activations (cpu_memory.py)
         with distributed.cpu_friendly_ddp():  # VanillaPipeline.__init__ wraps the model in DDP when world_size > 1
             super().__init__(config, device, **kwargs)
         dm, model = self.datamanager.config, self.model.config
