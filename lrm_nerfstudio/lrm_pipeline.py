@@ -87,7 +87,7 @@ class LRMPipeline(VanillaPipeline):
     def __init__(self, config: LRMPipelineConfig, device: str | torch.device, **kwargs: Any) -> None:
         self._progressive = parse_schedule(config.progressive)  # bad stages fail before any loading
         if torch.device(device).type == "cpu":
-            keep_freed_memory()  # ~20 % faster CPU steps: no page faults on each step's activations (cpu_memory.py)
+            keep_freed_memory()  # a quarter off a CPU step: no page faults on each step's activations (cpu_memory.py)
         with distributed.cpu_friendly_ddp():  # VanillaPipeline.__init__ wraps the model in DDP when world_size > 1
             super().__init__(config, device, **kwargs)
         dm, model = self.datamanager.config, self.model.config

@@ -193,7 +193,7 @@ DESCRIPTIONS = {
     "objects-64-views-1": "64 objects x 1 view a step (demo: 16 x 1)",
     "patch-8": "8^2 rays a view, every 8th pixel (demo: 16^2)",
     "lr-3x": "learning rates x3 (decoder 3e-3, encoder 9e-4)",
-    "relu": "ReLU in the field's MLP (demo: SiLU, whose forward and backward take a quarter of a CPU step)",
+    "relu": "ReLU in the field's MLP (demo: SiLU)",
     "recipe-round-4": "the demo before round 5: width 256, 4 objects x 4 views, 16^2 patches resized from 16-24^2",
 }
 
