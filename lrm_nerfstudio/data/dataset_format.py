@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -209,11 +210,16 @@ def _read_json(path: Path, what: str, source: MemberSource | None = None) -> Any
         raise _fail(path, f"cannot read {what}: {err}") from err
 
 
+OBJECT_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
+"""What an object id may be: a folder name that is also safe to show (the viewer lists ids) and to pass to a shell."""
+
+
 def _check_object_id(path: Path, split: str, oid: Any) -> str:
     if not isinstance(oid, str) or not oid:
         raise _fail(path, f"splits.{split} holds {oid!r}; object ids must be non-empty strings")
-    if "/" in oid or "\\" in oid or oid in (".", "..") or oid.startswith("."):
-        raise _fail(path, f"splits.{split} holds {oid!r}; an object id must be a plain folder name")
+    if not OBJECT_ID.fullmatch(oid):
+        raise _fail(path, f"splits.{split} holds {oid!r}; an object id must be a plain folder name: letters, digits, "
+                          "'_', '-' and '.' (not first), at most 128 characters")  # fmt: skip
     return oid
 
 
