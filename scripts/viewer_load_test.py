@@ -132,12 +132,11 @@ class ViewerClient:
         raise TimeoutError(f"no {what} within {timeout:.0f} s")
 
     def upload_button(self, label: str = "Upload image", timeout: float = 30.0) -> str:
-        message = self.wait_for(
-            lambda: next((m for m in self.received if m.get("type") == "GuiAddUploadButtonMessage"
-                          and m.get("label") == label), None),  # fmt: skip
-            timeout,
-            f"upload button {label!r}",
-        )
+        def button():
+            kind = "GuiAddUploadButtonMessage"
+            return next((m for m in self.received if m.get("type") == kind and m.get("label") == label), None)
+
+        message = self.wait_for(button, timeout, f"upload button {label!r}")
         return message["id"]
 
     def send(self, message: dict) -> None:
@@ -204,7 +203,7 @@ def rss_kib(pid: int) -> tuple[int, int]:
         text = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return 0, 0
-    fields = dict(re.findall(r"^(VmRSS|VmHWM):\s+(\d+)", text, re.M))
+    fields = dict(re.findall(r"^(VmRSS|VmHWM):\s+(\d+)", text, re.MULTILINE))
     return int(fields.get("VmRSS", 0)), int(fields.get("VmHWM", 0))
 
 
