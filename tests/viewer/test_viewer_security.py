@@ -212,7 +212,7 @@ def test_the_panel_states_the_upload_limits(procedural_dataset):
 
 
 # ------------------------------------------------------------------------------------------------------ dataset ids
-@pytest.mark.parametrize("oid", ["{globalThis.X=1}", "<img src=x>", "a b", "(x)", "-flag", "x" * 129])
+@pytest.mark.parametrize("oid", ["{globalThis.X=1}", "<img src=x>", "a b", "(x)", ".hidden", "x" * 129])
 def test_dataset_ids_must_be_plain_folder_names(tmp_path, oid):
     (tmp_path / "dataset.json").write_text(json.dumps({"format": "lrm-multiview", "splits": {"train": [oid]}}))
     with pytest.raises(DatasetFormatError, match="plain folder name"):
