@@ -187,7 +187,7 @@ def _open_image(path: Path, source: MemberSource | None, max_pixels: int, what: 
                 if w * h > max_pixels:
                     raise _fail(
                         path,
-                        f"{what} is {w}x{h} = {w * h} pixels, over the limit of {max_pixels} (checked before decoding)",
+                        f"{what} too large: {w}x{h} = {w * h} pixels, over the limit of {max_pixels} (not decoded)",
                         "downscale it, or raise the dataparser's max_pixels if the file is trusted",
                     )
                 yield img
