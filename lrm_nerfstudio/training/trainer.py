@@ -153,6 +153,8 @@ class LRMTrainer(Trainer):
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        for stale in self.checkpoint_dir.glob("step-*.ckpt.partial"):  # left by a save that a kill interrupted
+            stale.unlink(missing_ok=True)
         if self.config.save_only_latest_checkpoint:
             for old in self.checkpoint_dir.glob("step-*.ckpt"):
                 if old != path:

@@ -30,6 +30,7 @@ def _trainer(data: Path, output: Path, steps: int, load_dir: Path | None = None)
         steps_per_eval_image=1000,
         steps_per_eval_all_images=1000,
     )
+    config.pipeline.model.field.density_bias = -1.0  # visible fog after 4 steps: ns-export refuses an empty model
     config.set_timestamp()
     config.save_config()
     torch.manual_seed(0)
@@ -42,10 +43,12 @@ def _trainer(data: Path, output: Path, steps: int, load_dir: Path | None = None)
 def cut_run(procedural_dataset, tmp_path_factory):
     """A real 4-step run with checkpoints at steps 2 and 3, the newest then cut short as a kill would leave it."""
     config, trainer = _trainer(procedural_dataset, tmp_path_factory.mktemp("run"), 4)
-    trainer.train()
     ckpt_dir = trainer.checkpoint_dir
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    (ckpt_dir / "step-000000001.ckpt.partial").write_bytes(b"PK")  # what a kill during an earlier save leaves
+    trainer.train()
     names = sorted(p.name for p in ckpt_dir.iterdir())
-    assert names[-2:] == ["step-000000002.ckpt", "step-000000003.ckpt"], names  # no .partial left behind
+    assert names == ["step-000000002.ckpt", "step-000000003.ckpt"], names  # and no .partial is left behind
     newest = ckpt_dir / "step-000000003.ckpt"
     assert checkpoint_problem(newest) is None
     data = newest.read_bytes()
