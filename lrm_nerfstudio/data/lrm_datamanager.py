@@ -259,7 +259,7 @@ class ObjectViewsDataset(Dataset):
 
     def load_view(self, obj: ObjectViews, view: int) -> np.ndarray:
         """Decoded RGBA of one view, checked against transforms.json's size."""
-        rgba = load_rgba(obj.image_paths[view], obj.source)
+        rgba = load_rgba(obj.image_paths[view], obj.source, max_pixels=obj.max_pixels)
         check_image_size(obj, view, rgba.shape[1], rgba.shape[0])
         return rgba
 
@@ -283,7 +283,7 @@ class ObjectViewsDataset(Dataset):
             raise DatasetFormatError(
                 f"{obj.root / 'transforms.json'}: load_depth is set but frames lack depth_file_path"
             )
-        d = load_depth(obj.depth_paths[view], self.config.depth_unit_scale_factor, obj.source)
+        d = load_depth(obj.depth_paths[view], self.config.depth_unit_scale_factor, obj.source, obj.max_pixels)
         return torch.from_numpy(d)[None]
 
     def _sample(self, obj: ObjectViews, rng: np.random.Generator, bg: np.ndarray) -> dict[str, Any]:

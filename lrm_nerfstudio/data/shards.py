@@ -25,13 +25,22 @@ import io
 import json
 import os
 import posixpath
+import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import tyro
 
-from lrm_nerfstudio.data.dataset_format import SPLITS, DatasetFormatError, DatasetIndex, ObjectViews, read_dataset_json
+from lrm_nerfstudio.data.dataset_format import (
+    DEFAULT_MAX_PIXELS,
+    SPLITS,
+    DatasetFormatError,
+    DatasetIndex,
+    ObjectViews,
+    contained_path,
+    read_dataset_json,
+)
 from lrm_nerfstudio.data.dataset_format import read_object as read_object_folder
 
 SHARD_INDEX_FORMAT = "lrm-shards"
@@ -99,7 +108,7 @@ class ShardIndex:
         if not isinstance(storage, dict) or storage.get("type") != STORAGE_TYPE:
             raise _fail(dataset_json, f"'storage' is {storage!r}, expected {{'type': {STORAGE_TYPE!r}, 'index': ...}}")
         name = storage.get("index", "shards.json")
-        self.path = index.root / str(name)
+        self.path = contained_path(dataset_json, "storage.index", str(name), index.root, index.root, None)
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError as err:
@@ -111,7 +120,10 @@ class ShardIndex:
         shards, objects = data.get("shards"), data.get("objects")
         if not isinstance(shards, list) or not isinstance(objects, dict):
             raise _fail(self.path, "needs a 'shards' list and an 'objects' mapping", "re-run lrm-pack-shards")
-        self.shards = [index.root / str(s) for s in shards]
+        self.shards = [
+            contained_path(self.path, f"shards[{i}]", str(s), index.root, index.root, None)
+            for i, s in enumerate(shards)
+        ]
         self.objects: dict[str, tuple[int, int, int]] = {}
         for oid, entry in objects.items():
             ok = isinstance(entry, list) and len(entry) == 3 and all(isinstance(v, int) for v in entry)
@@ -163,10 +175,12 @@ class ShardIndex:
             )
         return ObjectArchive(shard=shard, members=members)
 
-    def read_object(self, object_id: str, check_images: bool) -> ObjectViews:
+    def read_object(self, object_id: str, check_images: bool, max_pixels: int = DEFAULT_MAX_PIXELS) -> ObjectViews:
         """Parse (and validate) one object from its shard, as `dataset_format.read_object` does for a folder."""
         archive = self.archive(object_id)
-        return read_object_folder(archive.shard / object_id, object_id, check_images=check_images, source=archive)
+        return read_object_folder(
+            archive.shard / object_id, object_id, check_images=check_images, source=archive, max_pixels=max_pixels
+        )
 
 
 def is_sharded(index: DatasetIndex) -> bool:
@@ -190,8 +204,22 @@ class PackShardsConfig:
     """Validate every object (transforms.json and image headers) before packing."""
 
 
-def _object_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+def _object_files(folder: Path, dataset_root: Path) -> list[tuple[Path, Path]]:
+    """(path in the object folder, its real file) of every file to pack, refused if one resolves outside the dataset.
+
+    A symlink is packed as the file it points to (a tar symlink member would be unreadable from the shard), so it
+    must not lead out of the dataset: packing would otherwise copy, say, a home-directory file into shared shards.
+    """
+    base = os.path.realpath(dataset_root)
+    files = []
+    for p in sorted(folder.rglob("*")):
+        if p.name.startswith(".") or not p.is_file():
+            continue
+        real = os.path.realpath(p)
+        if os.path.commonpath([real, base]) != base:
+            raise _fail(p, f"resolves to {real}, outside the dataset folder {base}", "copy the file into the dataset")
+        files.append((p, Path(real)))
+    return files
 
 
 def pack_shards(config: PackShardsConfig) -> Path:
@@ -208,9 +236,12 @@ def pack_shards(config: PackShardsConfig) -> Path:
     if (out / "dataset.json").exists():
         raise _fail(out / "dataset.json", "output folder already holds a dataset", "choose an empty --output")
     ids = [oid for split in SPLITS for oid in index.splits[split]]
-    if config.validate:
-        for oid in ids:
-            read_object_folder(index.root / oid, oid, check_images=True)
+    # everything is read and checked before the first byte is written: a refused dataset leaves no output
+    files: dict[str, list[tuple[Path, Path]]] = {}
+    for oid in ids:
+        # containment of every path transforms.json names is checked whether or not images are validated
+        read_object_folder(index.root / oid, oid, check_images=config.validate, dataset_root=index.root)
+        files[oid] = _object_files(index.root / oid, index.root)
     num_shards = min(config.num_shards, len(ids))
     (out / "shards").mkdir(parents=True, exist_ok=True)
     shard_names, objects = [], {}
@@ -222,12 +253,12 @@ def pack_shards(config: PackShardsConfig) -> Path:
         with open(tmp, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
             for oid in chunk:
                 start = tar.offset
-                for path in _object_files(index.root / oid):
-                    info = tar.gettarinfo(str(path), arcname=f"{oid}/{path.relative_to(index.root / oid).as_posix()}")
+                for path, real in files[oid]:
+                    info = tar.gettarinfo(str(real), arcname=f"{oid}/{path.relative_to(index.root / oid).as_posix()}")
                     info.uid = info.gid = 0
                     info.uname = info.gname = ""
                     info.mtime = 0  # byte-identical shards for identical input
-                    with open(path, "rb") as member:
+                    with open(real, "rb") as member:
                         tar.addfile(info, member)
                 objects[oid] = [s, start, tar.offset]
         os.replace(tmp, out / name)
@@ -243,15 +274,21 @@ def pack_shards(config: PackShardsConfig) -> Path:
     return out
 
 
-def main(config: PackShardsConfig) -> None:
-    out = pack_shards(config)
+def main(config: PackShardsConfig) -> int:
+    """Pack; returns the exit status (2 for a refused dataset, with one message naming the file)."""
+    try:
+        out = pack_shards(config)
+    except ValueError as err:  # DatasetFormatError is one
+        print(f"lrm-pack-shards: {err}", file=sys.stderr)
+        return 2
     shards = json.loads((out / "shards.json").read_text(encoding="utf-8"))
     print(f"{out}: {len(shards['objects'])} objects in {len(shards['shards'])} shards")
+    return 0
 
 
 def entrypoint() -> None:
     """Command-line entry point (`lrm-pack-shards`)."""
-    main(tyro.cli(PackShardsConfig))
+    sys.exit(main(tyro.cli(PackShardsConfig)))
 
 
 if __name__ == "__main__":
