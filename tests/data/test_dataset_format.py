@@ -200,9 +200,9 @@ def test_skip_bad_objects_eager(ds: Path):
     assert parser.object_ids("train") == ["obj_train_000"]
     assert parser.tracker.bad == {"obj_train_001": parser._bad["obj_train_001"]}
     # 1 bad of the 4 objects is more than the default 1 %: a clear error naming the file and the fraction
-    with pytest.raises(DatasetFormatError, match=starts_with(bad, r"malformed JSON.*1 of the 4 objects .* bad, more")):
-        with pytest.warns(UserWarning):
-            parse(ds)
+    problem = r"malformed JSON.*1 of the 4 objects .* bad, more"
+    with pytest.raises(DatasetFormatError, match=starts_with(bad, problem)), pytest.warns(UserWarning):
+        parse(ds)
 
 
 def test_single_image_is_inference(tmp_path: Path):

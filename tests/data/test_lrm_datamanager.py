@@ -282,15 +282,19 @@ def test_lazy_bad_object_error_and_skip(tmp_path: Path):
     write_dataset(tmp_path, n_train=4, n_val=0, n_test=1, n_views=4, width=32)
     bad = tmp_path / "obj_train_002" / "images" / "003.png"
     bad.write_bytes(b"garbage")
-    for parser in (LRMDataParserConfig(eager_validation_max_objects=0, skip_bad_objects=False),
-                   LRMDataParserConfig(eager_validation_max_objects=0)):  # 1 of 4 train objects: more than 1 % bad
+    for parser in (
+        LRMDataParserConfig(eager_validation_max_objects=0, skip_bad_objects=False),
+        LRMDataParserConfig(eager_validation_max_objects=0),
+    ):  # 1 of 4 train objects: more than 1 % bad
         dm = make_dm(tmp_path, render_resolution_range=(32, 32), target_views_per_object=3, objects_per_batch=4,
                      dataparser=parser)  # fmt: skip
-        with pytest.raises(DatasetFormatError, match="^" + re.escape(str(bad)) + ": cannot decode"):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                for s in range(4):
-                    dm.next_train(s)
+        with (
+            pytest.raises(DatasetFormatError, match="^" + re.escape(str(bad)) + ": cannot decode"),
+            warnings.catch_warnings(),
+        ):
+            warnings.simplefilter("ignore")
+            for s in range(4):
+                dm.next_train(s)
     dm = make_dm(tmp_path, render_resolution_range=(32, 32), target_views_per_object=3, objects_per_batch=4,
                  dataparser=LRMDataParserConfig(eager_validation_max_objects=0, max_bad_fraction=0.5))  # fmt: skip
     with warnings.catch_warnings(record=True) as caught:
