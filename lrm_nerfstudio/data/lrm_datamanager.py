@@ -350,7 +350,10 @@ class ObjectViewsDataset(Dataset):
                 object_id = ids[int(rng.integers(len(ids)))]
         else:
             first = bad[0][1]  # errors start with the offending file
-            return {"error": f"{first} -- and {len(bad) - 1} more bad objects of split {item.split!r} in a row", "bad": bad}
+            return {
+                "error": f"{first} -- and {len(bad) - 1} more bad objects of split {item.split!r} in a row",
+                "bad": bad,
+            }
         out["step"], out["end_pos"] = item.step, (item.end_epoch, item.end_index)
         out["bad"] = bad
         return out
