@@ -17,6 +17,9 @@ of the form `<shard.tar>/<object_id>/<file>`, so the dataset format's errors nam
 
     lrm-pack-shards --dataset data/procedural --output data/procedural-shards --num-shards 8
     ns-train lrm-tiny --data data/procedural-shards
+
+`--dataset` may also be OpenLRM renders or a folder of nerfstudio-data object folders (`data/layouts.py`); their
+objects are packed as lrm-multiview objects (an OpenLRM object gets a transforms.json beside its rgba/ images).
 """
 
 from __future__ import annotations
@@ -29,10 +32,12 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import tyro
 
 from lrm_nerfstudio.data.dataset_format import SPLITS, DatasetFormatError, DatasetIndex, ObjectViews, read_dataset_json
 from lrm_nerfstudio.data.dataset_format import read_object as read_object_folder
+from lrm_nerfstudio.data.layouts import FolderLayout, LayoutOptions, detect_layout
 
 SHARD_INDEX_FORMAT = "lrm-shards"
 """Value of the "format" key of shards.json."""
@@ -177,11 +182,11 @@ def is_sharded(index: DatasetIndex) -> bool:
 
 # ----------------------------------------------------------------------------------------------------- packing
 @dataclass
-class PackShardsConfig:
+class PackShardsConfig(LayoutOptions):
     """Pack an lrm-multiview dataset folder into tar shards of whole objects plus an index."""
 
     dataset: Path = Path("data/lrm")
-    """Dataset folder holding dataset.json and the object folders."""
+    """Dataset folder holding dataset.json and the object folders (or OpenLRM renders, or nerfstudio-data folders)."""
     output: Path = Path("data/lrm-shards")
     """Folder to write dataset.json, shards.json and shards/*.tar into (must not hold a dataset yet)."""
     num_shards: int = 8
@@ -194,6 +199,17 @@ def _object_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
+def openlrm_transforms(obj: ObjectViews) -> dict:
+    """transforms.json of an OpenLRM object (its rgba/ images, poses and intrinsics), for packing."""
+    fx, fy, cx, cy, w, h = obj.intrinsics[0].tolist()
+    frames = []
+    for path, c2w in zip(obj.image_paths, obj.c2w):
+        matrix = np.concatenate([c2w.astype(np.float64), [[0.0, 0.0, 0.0, 1.0]]]).tolist()
+        frames.append({"file_path": f"rgba/{path.name}", "transform_matrix": matrix})
+    return {"camera_model": "PINHOLE", "fl_x": fx, "fl_y": fy, "cx": cx, "cy": cy, "w": int(w), "h": int(h),
+            "source_view": 0, "frames": frames}  # fmt: skip
+
+
 def pack_shards(config: PackShardsConfig) -> Path:
     """Write the sharded copy of `config.dataset` into `config.output`; returns the output dataset folder.
 
@@ -203,14 +219,31 @@ def pack_shards(config: PackShardsConfig) -> Path:
     """
     if config.num_shards < 1:
         raise ValueError(f"num_shards must be >= 1, got {config.num_shards}")
-    index = read_dataset_json(config.dataset)
+    kind = detect_layout(Path(config.dataset), config)
+    layout = None if kind == "lrm-multiview" else FolderLayout(Path(config.dataset), kind, config)
+    index = read_dataset_json(config.dataset) if layout is None else layout.index
     out = Path(config.output)
     if (out / "dataset.json").exists():
         raise _fail(out / "dataset.json", "output folder already holds a dataset", "choose an empty --output")
     ids = [oid for split in SPLITS for oid in index.splits[split]]
+
+    def members(oid: str) -> list[tuple[str, Path | bytes]]:
+        """(name inside the object, file or bytes) of one object, validated when asked."""
+        if layout is None:
+            folder = index.root / oid
+            if config.validate:
+                read_object_folder(folder, oid, check_images=True)
+        else:
+            obj = layout.read_object(oid, check_images=config.validate)
+            folder = obj.root
+            if kind == "openlrm":
+                text = json.dumps(openlrm_transforms(obj), indent=1).encode()
+                return [("transforms.json", text), *((f"rgba/{p.name}", p) for p in obj.image_paths)]
+        return [(p.relative_to(folder).as_posix(), p) for p in _object_files(folder)]
+
     if config.validate:
         for oid in ids:
-            read_object_folder(index.root / oid, oid, check_images=True)
+            members(oid)
     num_shards = min(config.num_shards, len(ids))
     (out / "shards").mkdir(parents=True, exist_ok=True)
     shard_names, objects = [], {}
@@ -222,20 +255,23 @@ def pack_shards(config: PackShardsConfig) -> Path:
         with open(tmp, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
             for oid in chunk:
                 start = tar.offset
-                for path in _object_files(index.root / oid):
-                    info = tar.gettarinfo(str(path), arcname=f"{oid}/{path.relative_to(index.root / oid).as_posix()}")
-                    info.uid = info.gid = 0
-                    info.uname = info.gname = ""
+                for member, item in members(oid):
+                    data = item if isinstance(item, bytes) else Path(item).read_bytes()
+                    info = tarfile.TarInfo(f"{oid}/{member}")
+                    info.size, info.mode = len(data), 0o644
                     info.mtime = 0  # byte-identical shards for identical input
-                    with open(path, "rb") as member:
-                        tar.addfile(info, member)
+                    tar.addfile(info, io.BytesIO(data))
                 objects[oid] = [s, start, tar.offset]
         os.replace(tmp, out / name)
     (out / "shards.json").write_text(
         json.dumps({"format": SHARD_INDEX_FORMAT, "version": 1, "shards": shard_names, "objects": objects}),
         encoding="utf-8",
     )
-    meta = json.loads((index.root / "dataset.json").read_text(encoding="utf-8"))
+    if layout is None:
+        meta = json.loads((index.root / "dataset.json").read_text(encoding="utf-8"))
+    else:
+        splits = {split: v for split, v in index.splits.items() if v}
+        meta = {"format": "lrm-multiview", "version": 1, "splits": splits, "packed_from": kind}
     meta["storage"] = {"type": STORAGE_TYPE, "index": "shards.json"}
     tmp = out / "dataset.json.partial"
     tmp.write_text(json.dumps(meta, indent=1), encoding="utf-8")
