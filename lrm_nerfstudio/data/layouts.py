@@ -139,15 +139,18 @@ def _read_uid_list(path: Path) -> list[str]:
     return uids
 
 
-def _folders_with(roots: list[Path], locator: str) -> list[str]:
-    """Sorted names of the sub-folders of `roots` (first root wins) that hold `locator`."""
+def _folders_with(roots: list[Path], locator: str, marker: str | None = None) -> list[str]:
+    """Sorted names of the sub-folders of `roots` that hold `locator` (or the folder `marker`: an object missing its
+    locator is then listed, and reported when used, instead of silently left out)."""
     found: set[str] = set()
     for root in roots:
         with os.scandir(root) as entries:
             for entry in entries:
                 if entry.name.startswith(".") or entry.name in found or not entry.is_dir():
                     continue
-                if os.path.isfile(os.path.join(entry.path, locator)):
+                if os.path.isfile(os.path.join(entry.path, locator)) or (
+                    marker is not None and os.path.isdir(os.path.join(entry.path, marker))
+                ):
                     found.add(entry.name)
     return sorted(found)
 
@@ -184,7 +187,7 @@ class FolderLayout:
         val = _read_uid_list(Path(options.val_uids)) if options.val_uids is not None else None
         test = _read_uid_list(Path(options.test_uids)) if options.test_uids is not None else None
         if uids is None:
-            listed = _folders_with(self.roots, self.locator)
+            listed = _folders_with(self.roots, self.locator, "rgba" if kind == "openlrm" else None)
             if not listed and val is None and test is None:
                 raise _fail(
                     self.roots[0], f"no object folders holding {self.locator} (layout {kind})",
@@ -208,7 +211,8 @@ class FolderLayout:
         """The folder of `uid`: in the first root holding `<root>/<uid>/<locator>` (the first root when none)."""
         hit = self._where.get(uid)
         if hit is None:
-            hit = next((r / uid for r in self.roots if (r / uid / self.locator).is_file()), self.roots[0] / uid)
+            hit = next((r / uid for r in self.roots if (r / uid / self.locator).is_file()), None)
+            hit = hit or next((r / uid for r in self.roots if (r / uid).is_dir()), self.roots[0] / uid)
             if len(self._where) < 100_000:
                 self._where[uid] = hit
         return hit

@@ -742,8 +742,14 @@ class LRMDataManager(VanillaDataManager):
             return str(self.dataparser.data)
         objs = self.dataparser.list_objects()
         for s in ("test", "val", "train"):
-            if objs.get(s):
-                return objs[s][0]
+            for oid in objs.get(s, [])[:20]:  # the first readable one: a bad first object must not stop a big run
+                try:
+                    self.dataparser.load_object(oid)
+                    return oid
+                except DatasetFormatError as err:
+                    if not self.dataparser.config.skip_bad_objects:
+                        raise
+                    self.dataparser.tracker.report(oid, str(err))
         raise DatasetFormatError(f"{self.dataparser.data}: no objects")
 
     def _is_object(self, ref: str) -> bool:
