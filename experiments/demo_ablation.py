@@ -8,7 +8,7 @@ accumulation (> 0.5) against the ground-truth alpha (> 0.5). `init_accumulation`
 first held-out view rendered by the untrained model over the pixels whose rays cross the box: how much fog
 training starts from.
 
-    uv run python scripts/demo_ablation.py --data data/lrm-demo --steps 400 --candidates baseline bias-4
+    uv run python experiments/demo_ablation.py --data data/lrm-demo --steps 400 --candidates baseline bias-4
 
 Results are appended to OUTPUT_DIR/results.jsonl (one line per run, so runs in parallel processes can share a
 folder) and the whole table is rewritten to OUTPUT_DIR/results.md after each run.
