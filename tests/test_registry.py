@@ -11,7 +11,7 @@ from lrm_nerfstudio.lrm_pipeline import LRMPipelineConfig
 
 def test_entry_points_load():
     methods, _ = discover_methods()
-    for name in ("lrm", "lrm-tiny"):
+    for name in ("lrm", "lrm-tiny", "lrm-demo"):
         assert name in methods, f"{name} missing from nerfstudio.method_configs"
         assert isinstance(methods[name].pipeline, LRMPipelineConfig)
         assert methods[name].viewer.websocket_host == "127.0.0.1"

@@ -306,7 +306,7 @@ def read_dataset_json(root: Path | str) -> DatasetIndex:
         raise _fail(path, f"top level must be an object, got {type(data).__name__}")
     fmt = data.get("format")
     if fmt != DATASET_FORMAT:
-        raise _fail(path, f"'format' is {fmt!r}, expected {DATASET_FORMAT!r}", "see docs/DATASET.md")
+        raise _fail(path, f"'format' is {fmt!r}, expected {DATASET_FORMAT!r}", "see docs/DATA.md")
     splits_in = data.get("splits")
     if not isinstance(splits_in, dict):
         raise _fail(path, "missing key 'splits' (an object of split name -> list of object ids)")

@@ -66,7 +66,7 @@ MESH_SUFFIXES = (".obj", ".glb", ".gltf", ".ply", ".stl")
 
 @dataclass
 class RenderMeshesConfig:
-    """Render a folder of meshes into the lrm-multiview dataset format (DESIGN.md §2)."""
+    """Render a folder of meshes into the lrm-multiview dataset format (docs/DATA.md)."""
 
     input: Path = Path("meshes")
     """Folder of meshes (searched recursively for .obj, .glb, .gltf, .ply, .stl)."""
