@@ -31,6 +31,8 @@ from PIL import Image
 HOST = "127.0.0.1"
 PART_BYTES = 512 * 1024
 """The part size viser's browser client sends."""
+KEPT_MESSAGES = ("GuiAddUploadButtonMessage", "GuiAddMarkdownMessage", "GuiUpdateMessage", "SetCameraLookAtMessage")
+"""What a client keeps of what the server sends (renders are dropped)."""
 KINDS = ("good", "not_an_image", "oversized_bytes", "oversized_pixels", "transparent")
 """Upload i of a client is of kind KINDS[(client + i) % len(KINDS)]."""
 
@@ -113,8 +115,7 @@ class ViewerClient:
                     with self.lock:
                         if message.get("type") == "NotificationMessage":
                             self.notifications.append(str(message.get("body")))
-                        elif message.get("type") in ("GuiAddUploadButtonMessage", "GuiAddMarkdownMessage",
-                                                     "GuiUpdateMessage"):  # fmt: skip
+                        elif message.get("type") in KEPT_MESSAGES:
                             self.received.append(message)
         except Exception:  # noqa: BLE001 - the connection ended
             self.closed.set()
@@ -181,6 +182,11 @@ def run_client(port: int, index: int, config: LoadTestConfig, results: list, dea
         return
     try:
         button = client.upload_button()
+        # viser handles each message on a thread pool, so an upload sent right after the first camera message can
+        # overtake it, reach a browser viser does not know yet and be lost. A browser's user takes longer than this:
+        # wait for the LRM viewer's greeting (it points each new browser's camera at the object).
+        client.wait_for(lambda: any(m.get("type") == "SetCameraLookAtMessage" for m in client.received), 60,
+                        "the viewer's greeting")  # fmt: skip
         for i in range(config.uploads_per_client):
             kind = KINDS[(index + i) % len(KINDS)]
             name = f"c{index:02d}_u{i}_{kind}.png"
