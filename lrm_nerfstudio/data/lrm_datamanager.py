@@ -10,7 +10,6 @@ global RNG state; the object order is a per-epoch seeded permutation sharded by 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from nerfstudio.data.dataparsers.base_dataparser import DataparserOutputs
 from nerfstudio.data.datasets.base_dataset import InputDataset
 from nerfstudio.data.pixel_samplers import PixelSamplerConfig
 from nerfstudio.model_components.ray_generators import RayGenerator
+from nerfstudio.utils import writer
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
@@ -265,7 +265,7 @@ class ObjectViewsDataset(Dataset):
 
     def load_view(self, obj: ObjectViews, view: int) -> np.ndarray:
         """Decoded RGBA of one view, checked against transforms.json's size."""
-        rgba = load_rgba(obj.image_paths[view], obj.source)
+        rgba = load_rgba(obj.image_paths[view], obj.source, max_pixels=obj.max_pixels)
         check_image_size(obj, view, rgba.shape[1], rgba.shape[0])
         return rgba
 
@@ -289,7 +289,7 @@ class ObjectViewsDataset(Dataset):
             raise DatasetFormatError(
                 f"{obj.root / 'transforms.json'}: load_depth is set but frames lack depth_file_path"
             )
-        d = load_depth(obj.depth_paths[view], self.config.depth_unit_scale_factor, obj.source)
+        d = load_depth(obj.depth_paths[view], self.config.depth_unit_scale_factor, obj.source, obj.max_pixels)
         return torch.from_numpy(d)[None]
 
     def _sample(self, obj: ObjectViews, rng: np.random.Generator, bg: np.ndarray) -> dict[str, Any]:
@@ -342,6 +342,7 @@ class ObjectViewsDataset(Dataset):
         else:
             bg = _bg_color(cfg.background, rng)
         object_id = item.object_id
+        bad: list[tuple[str, str]] = []  # reported (once each) and counted by the main process: see _assemble
         for _ in range(20):
             try:
                 out = self._sample(self.parser.load_object(object_id), rng, bg)
@@ -350,20 +351,27 @@ class ObjectViewsDataset(Dataset):
                 self.parser.mark_bad(object_id, str(err))
                 if not self.parser.config.skip_bad_objects:
                     return {"error": str(err)}  # re-raised in the main process with the path-first message
-                warnings.warn(f"skipping bad object {object_id!r}: {err}", UserWarning, stacklevel=2)
+                bad.append((object_id, str(err)))
                 ids = self.parser.object_ids(item.split)
                 object_id = ids[int(rng.integers(len(ids)))]
         else:
-            return {"error": f"{self.parser.data}: too many bad objects in split {item.split!r}"}
+            first = bad[0][1]  # errors start with the offending file
+            return {
+                "error": f"{first} -- and {len(bad) - 1} more bad objects of split {item.split!r} in a row",
+                "bad": bad,
+            }
         out["step"], out["end_pos"] = item.step, (item.end_epoch, item.end_index)
+        out["bad"] = bad
         return out
 
 
 def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    bad = [b for it in items for b in it.get("bad", [])]
     for it in items:
         if "error" in it:
-            return {"error": it["error"]}
+            return {"error": it["error"], "bad": bad}
     out: dict[str, Any] = {k: torch.stack([it[k] for it in items]) for k in items[0] if isinstance(items[0][k], Tensor)}
+    out["bad"] = bad
     out["object_ids"] = [it["object_id"] for it in items]
     out["step"], out["end_pos"] = items[0]["step"], items[-1]["end_pos"]
     return out
@@ -574,7 +582,17 @@ class LRMDataManager(VanillaDataManager):
         if not self.dataparser.object_ids(split):
             raise DatasetFormatError(f"{self.dataparser.data / 'dataset.json'}: split {split!r} has no objects")
 
+    def _count_bad(self, data: dict[str, Any]) -> None:
+        """Report each bad object the loaders skipped once, log the count, stop past max_bad_fraction."""
+        tracker = self.dataparser.tracker
+        tracker.total = len(self.dataparser.object_ids("train"))
+        new = [tracker.report(oid, err) for oid, err in data.get("bad", [])]
+        if any(new):
+            writer.put_scalar("Data/bad_objects", len(tracker.bad), self.train_count)
+        tracker.see(list(data.get("object_ids", [])))
+
     def _assemble(self, data: dict[str, Any]) -> tuple[RayBundle, dict[str, Any]]:
+        self._count_bad(data)
         if "error" in data:
             raise DatasetFormatError(data["error"])
         n_obj, m, p = data["image"].shape[:3]
@@ -730,8 +748,14 @@ class LRMDataManager(VanillaDataManager):
             return str(self.dataparser.data)
         objs = self.dataparser.list_objects()
         for s in ("test", "val", "train"):
-            if objs.get(s):
-                return objs[s][0]
+            for oid in objs.get(s, [])[:20]:  # the first readable one: a bad first object must not stop a big run
+                try:
+                    self.dataparser.load_object(oid)
+                    return oid
+                except DatasetFormatError as err:
+                    if not self.dataparser.config.skip_bad_objects:
+                        raise
+                    self.dataparser.tracker.report(oid, str(err))
         raise DatasetFormatError(f"{self.dataparser.data}: no objects")
 
     def _is_object(self, ref: str) -> bool:

@@ -657,6 +657,10 @@ def _reconstruct_one(config, loaded, path, out_root, checkpoint, taken, rows, fa
         failed[str(path)] = f"{path}: {err}"
         _error(f"{path}: {err} (try another --iso-level)")
         return
+    except Exception as err:  # noqa: BLE001 (one image's failure, whatever it is, must not stop the batch)
+        failed[str(path)] = f"{path}: {type(err).__name__}: {err}"
+        _error(f"{path}: reconstruction failed ({type(err).__name__}: {err}); going on with the other images")
+        return
     rows[out_dir.name] = rec.timings
     results[out_dir.name] = {
         "input": str(path),

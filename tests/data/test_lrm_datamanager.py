@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -281,16 +282,28 @@ def test_lazy_bad_object_error_and_skip(tmp_path: Path):
     write_dataset(tmp_path, n_train=4, n_val=0, n_test=1, n_views=4, width=32)
     bad = tmp_path / "obj_train_002" / "images" / "003.png"
     bad.write_bytes(b"garbage")
+    for parser in (
+        LRMDataParserConfig(eager_validation_max_objects=0, skip_bad_objects=False),
+        LRMDataParserConfig(eager_validation_max_objects=0),
+    ):  # 1 of 4 train objects: more than 1 % bad
+        dm = make_dm(tmp_path, render_resolution_range=(32, 32), target_views_per_object=3, objects_per_batch=4,
+                     dataparser=parser)  # fmt: skip
+        with (
+            pytest.raises(DatasetFormatError, match="^" + re.escape(str(bad)) + ": cannot decode"),
+            warnings.catch_warnings(),
+        ):
+            warnings.simplefilter("ignore")
+            for s in range(4):
+                dm.next_train(s)
     dm = make_dm(tmp_path, render_resolution_range=(32, 32), target_views_per_object=3, objects_per_batch=4,
-                 dataparser=LRMDataParserConfig(eager_validation_max_objects=0))  # fmt: skip
-    with pytest.raises(DatasetFormatError, match="^" + re.escape(str(bad)) + ": cannot decode"):
-        for s in range(4):
-            dm.next_train(s)
-    dm = make_dm(tmp_path, render_resolution_range=(32, 32), target_views_per_object=3, objects_per_batch=4,
-                 dataparser=LRMDataParserConfig(eager_validation_max_objects=0, skip_bad_objects=True))  # fmt: skip
-    with pytest.warns(UserWarning, match="skipping bad object 'obj_train_002'"):
+                 dataparser=LRMDataParserConfig(eager_validation_max_objects=0, max_bad_fraction=0.5))  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         batches = _batches(dm, range(4))
     assert all(len(batch["object_ids"]) == 4 for _, batch in batches)
+    reports = [str(w.message) for w in caught if "skipping bad object" in str(w.message)]
+    assert reports == [f"skipping bad object 'obj_train_002': {bad}: " + reports[0].split(f"{bad}: ", 1)[1]]  # once
+    assert dm.dataparser.tracker.bad.keys() == {"obj_train_002"}
 
 
 def test_test_mode_rays_of_display_object(ds: Path):
