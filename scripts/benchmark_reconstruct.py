@@ -4,7 +4,7 @@ With `--load-config` it times a trained run; without, a randomly initialised mod
 not depend on the weights, except that the mesh stage's triangle count does). Prints one JSON document to stdout.
 
 Examples:
-    uv run python scripts/benchmark_reconstruct.py IMAGE.png --load-config outputs/demo/runs/demo/lrm-tiny/RUN/config.yml
+    uv run python scripts/benchmark_reconstruct.py IMAGE.png --load-config outputs/demo/runs/demo/lrm-demo/RUN/config.yml
     uv run python scripts/benchmark_reconstruct.py IMAGE.png --method lrm --resolution 128
 """
 

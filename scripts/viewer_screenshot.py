@@ -4,7 +4,7 @@ Starts nerfstudio's viewer on the run, opens it in the browser, waits until the 
 and writes the page as a PNG. Prints one JSON line (output path, seconds) to stdout.
 
 Example:
-    uv run python scripts/viewer_screenshot.py outputs/demo/runs/demo/lrm-tiny/RUN/config.yml docs/viewer_screenshot.png
+    uv run python scripts/viewer_screenshot.py outputs/demo/runs/demo/lrm-demo/RUN/config.yml docs/viewer_screenshot.png
 """
 
 from __future__ import annotations

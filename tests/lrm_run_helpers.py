@@ -59,12 +59,13 @@ def run_tool(cmd: list[str], timeout: float = 900, expect: int | None = 0) -> su
     return out
 
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_script(name: str):
-    """scripts/NAME.py as a module (registered in sys.modules, where dataclasses look their module up)."""
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+def load_script(name: str, folder: str = "scripts"):
+    """FOLDER/NAME.py (a benchmark in scripts/, a research runner in experiments/) as a module, registered in
+    sys.modules, where dataclasses look their module up."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)

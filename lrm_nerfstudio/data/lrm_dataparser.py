@@ -33,6 +33,7 @@ from nerfstudio.data.dataparsers.base_dataparser import DataParser, DataParserCo
 from nerfstudio.data.scene_box import SceneBox
 
 from lrm_nerfstudio.data.dataset_format import (
+    DEFAULT_MAX_PIXELS,
     SPLITS,
     DatasetFormatError,
     DatasetIndex,
@@ -107,6 +108,8 @@ class LRMDataParserConfig(DataParserConfig, LayoutOptions):
     """With skip_bad_objects: stop when more than this fraction of the objects seen are bad."""
     object_cache_size: int = 1024
     """Parsed transforms.json kept per process (LRU); bounds memory on huge datasets."""
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    """Largest width * height of a dataset image, checked from its header before decoding (decompression-bomb guard)."""
 
 
 class LRMDataParser(DataParser):
@@ -231,10 +234,16 @@ class LRMDataParser(DataParser):
     def _read_object(self, object_id: str, check_images: bool) -> ObjectViews:
         assert self.index is not None
         if self.shards is not None:
-            return self.shards.read_object(object_id, check_images=check_images)
+            return self.shards.read_object(object_id, check_images=check_images, max_pixels=self.config.max_pixels)
         if self.layout is not None:
             return self.layout.read_object(object_id, check_images=check_images)
-        return read_object(self.index.root / object_id, object_id, check_images=check_images)
+        return read_object(
+            self.index.root / object_id,
+            object_id,
+            check_images=check_images,
+            dataset_root=self.index.root,
+            max_pixels=self.config.max_pixels,
+        )
 
     def mark_bad(self, object_id: str, error: str) -> None:
         """Remember that an object failed (e.g. an image did not decode) so it is not retried."""

@@ -1,4 +1,4 @@
-"""Writing the multi-view dataset of DESIGN.md §2: atomic object folders, splits, dataset.json, a resumable job loop.
+"""Writing the multi-view dataset of docs/DATA.md: atomic object folders, splits, dataset.json, a resumable job loop.
 
 Layout written here:
 ```

@@ -58,7 +58,7 @@ from lrm_nerfstudio.generate.textures import TextureConfig, random_texture, trip
 
 @dataclass
 class GenerateConfig:
-    """Make a procedural multi-view dataset (DESIGN.md §2 format)."""
+    """Make a procedural multi-view dataset (the format of docs/DATA.md)."""
 
     output: Path = Path("data/procedural")
     """Dataset folder to write (created if missing; finished objects already there are kept)."""

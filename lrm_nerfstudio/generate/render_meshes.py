@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -65,7 +66,7 @@ MESH_SUFFIXES = (".obj", ".glb", ".gltf", ".ply", ".stl")
 
 @dataclass
 class RenderMeshesConfig:
-    """Render a folder of meshes into the lrm-multiview dataset format (DESIGN.md §2)."""
+    """Render a folder of meshes into the lrm-multiview dataset format (docs/DATA.md)."""
 
     input: Path = Path("meshes")
     """Folder of meshes (searched recursively for .obj, .glb, .gltf, .ply, .stl)."""
@@ -138,6 +139,17 @@ def _material_albedo(mesh, default: np.ndarray) -> Albedo:
     if kind == "face":
         return FaceColorAlbedo(_unit_color(visual.face_colors))
     return ConstantAlbedo(default)
+
+
+def check_inside(path: Path, root: Path) -> None:
+    """Refuse a mesh whose real file (symlinks followed) lies outside the input folder `root`.
+
+    Its textures and buffers need no check here: trimesh's file resolver only reads inside the mesh's own folder,
+    symlinks resolved.
+    """
+    real, base = os.path.realpath(path), os.path.realpath(root)
+    if os.path.commonpath([real, base]) != base:
+        raise BadMeshError(f"{path}: resolves to {real}, outside the input folder {base}; copy the mesh into it")
 
 
 def load_mesh(path: Path, default_color: tuple[float, float, float]):
@@ -229,6 +241,7 @@ def orbit_record(config: RenderMeshesConfig) -> dict[str, Any]:
 def render_one(config: RenderMeshesConfig, index: int, path: Path, oid: str, stamp: str) -> tuple[str, str | None]:
     """Render one mesh into its folder; return (id, None) or (id, the problem) for a bad mesh."""
     try:
+        check_inside(path, Path(config.input))
         vertices, faces, albedo, colors = load_mesh(path, config.default_color)
         vertices = normalize_vertices(vertices, config.normalize_extent, config.normalize_radius)
         renderer = MeshRenderer(vertices, faces, albedo)

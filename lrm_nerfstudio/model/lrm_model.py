@@ -119,7 +119,7 @@ class LRMModel(Model):
     rays with it, in one call so that DDP sees the whole graph. Without sources it renders the *display triplane*:
     the reconstruction of the display source (set by the pipeline, the viewer or the exporter), re-predicted under
     `no_grad` from the current weights. That state is separate from training's, so the viewer's thread can render
-    while training runs (DESIGN.md §3).
+    while training runs (docs/ARCHITECTURE.md, nerfstudio's traps).
     """
 
     config: LRMModelConfig

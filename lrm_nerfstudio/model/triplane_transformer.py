@@ -73,7 +73,7 @@ class TriplaneTransformerConfig(InstantiateConfig):
     that occupancy, and XY, XZ and YZ start as the volume's means over Z, Y and X. The orthographic lift leaves
     XY and YZ constant along Y, so every object's depth must come through attention from position tokens that
     share no weights across texels; here one linear map, shared by all patches, places depth from the first
-    step (measured in docs/TRAINING.md). Not in the paper."""
+    step (measured in experiments/TRAINING.md). Not in the paper."""
 
 
 def patch_maps(tokens: Float[Tensor, "B T K"], what: str) -> Float[Tensor, "B K g g"]:

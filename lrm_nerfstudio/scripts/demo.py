@@ -1,7 +1,7 @@
 """`lrm-demo`: the whole of LRM on a laptop CPU, end to end, in about a quarter of an hour.
 
 1. Generate a small procedural dataset (resumes: finished objects are kept).
-2. Train `lrm-tiny` on it, with nerfstudio's viewer live at http://127.0.0.1:7007, bounded by iterations and minutes.
+2. Train the `lrm-demo` method on it, with nerfstudio's viewer live at http://127.0.0.1:7007, bounded by iterations and minutes.
 3. Evaluate on the held-out test objects (PSNR / SSIM / LPIPS from each object's source view alone).
 4. Reconstruct one held-out object: mesh (GLB/OBJ/PLY), turntable, triplane and a config.yml for ns-viewer/ns-export
    (the code of `lrm-reconstruct`).
@@ -22,7 +22,6 @@ import time
 from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 import tyro
@@ -33,6 +32,7 @@ from rich.table import Table
 
 from lrm_nerfstudio.generate.shapes import ShapeConfig
 from lrm_nerfstudio.generate.textures import TextureConfig
+from lrm_nerfstudio.lrm_config import DEMO_STEPS, lrm_demo_method
 from lrm_nerfstudio.scripts.export_weights import find_checkpoint, read_trainer_config
 from lrm_nerfstudio.scripts.reconstruct import LoadedModel, OutputOptions, display_config, reconstruct_source
 
@@ -46,7 +46,8 @@ class DemoDataError(ValueError):
 
 @dataclass
 class DemoConfig:
-    """Generate data, train lrm-tiny with the viewer, evaluate on held-out objects, export a mesh and a turntable."""
+    """Generate data, train the `lrm-demo` method with the viewer, evaluate on held-out objects, export a mesh and a
+    turntable. The recipe (sizes, batch, rays) is the registered method's: `ns-train lrm-demo --help` lists it."""
 
     data: Path = Path("data/lrm-demo")
     """Procedural dataset folder (generated when missing, completed when partial)."""
@@ -55,33 +56,15 @@ class DemoConfig:
     num_objects: int = 4096
     """Objects in the generated dataset (about 5% each go to val and test). Many objects with few views each beat
     256 x 16 views at the same steps: a single image leaves a primitive's depth extent ambiguous, and more distinct
-    objects teach the prior that resolves it (docs/TRAINING.md, fifth round)."""
+    objects teach the prior that resolves it (experiments/TRAINING.md, fifth round)."""
     num_views: int = 6
     """Views per object (view 0 the canonical source, the others targets)."""
     resolution: int = 64
     """Image side of the generated views (also the evaluation resolution)."""
-    max_iterations: int = 1200
-    """Training iterations (about 0.5 s each on 2 unloaded CPU cores); the learning rate decays over them."""
+    max_iterations: int = DEMO_STEPS
+    """Training iterations (about 0.5 s each on 2 CPU cores); the learning rate decays over them."""
     max_minutes: float | None = 10.0
     """Stop training after this many minutes even before max_iterations (None: no time bound)."""
-    triplane_low_res: int = 8
-    """Side of lrm-tiny's token planes for the demo (lrm-tiny: 16): 4x fewer tokens, so 4-5x more steps in the
-    same minutes, which matter more than plane resolution this early."""
-    transformer_width: int = 128
-    """Width of the triplane transformer (lrm-tiny: 256): half the width makes room for 16 encoder passes a step
-    at about the same step time, and scored higher at equal steps."""
-    objects_per_batch: int = 16
-    """Objects a step (lrm-tiny: 4)."""
-    target_views_per_object: int = 1
-    """Supervised views of each object a step (lrm-tiny: 4): 16 x 1 has the rays of 4 x 4, spread over 4x more
-    objects, which generalises better to held-out objects."""
-    patch_size: int = 16
-    """Side of the supervised patches (lrm-tiny: 32)."""
-    patch_sampling: Literal["resize", "stride"] = "stride"
-    """How a target view becomes patch_size^2 rays: stride = every (resolution // patch_size)-th pixel of the
-    whole view, sharp; resize = a patch of the view resized to a side in render_resolution_range."""
-    render_resolution_range: tuple[int, int] = (16, 24)
-    """Range of the target renders' side the patches are cut from when patch_sampling is resize."""
     viewer: bool = True
     """Run nerfstudio's viewer during training (http://127.0.0.1:PORT)."""
     port: int = 7007
@@ -153,10 +136,11 @@ def _complete(data: Path, num_objects: int, stamp: str) -> bool:
 
 
 def trainer_config(config: DemoConfig) -> TrainerConfig:
-    """`lrm-tiny`, with its schedule fitted to the iteration budget and the viewer closing when training ends."""
-    from lrm_nerfstudio.lrm_config import lrm_tiny_method
-
-    trainer = deepcopy(lrm_tiny_method.config)
+    """The registered `lrm-demo` method, unchanged but for where and how long it runs: the data and output folders,
+    the iteration budget (the learning-rate schedule is fitted to it), the viewer's port (closing when training
+    ends) and patches no larger than the data's views. With the defaults, `ns-train lrm-demo --data data/lrm-demo`
+    trains the same model."""
+    trainer = deepcopy(lrm_demo_method.config)
     trainer.output_dir = config.output_dir / "runs"
     trainer.experiment_name = "demo"
     trainer.max_num_iterations = config.max_iterations
@@ -168,18 +152,12 @@ def trainer_config(config: DemoConfig) -> TrainerConfig:
     dm.data = config.data
     dm.num_workers = config.workers
     dm.eval_resolution = config.resolution
-    lo, hi = config.render_resolution_range
-    dm.patch_size = min(config.patch_size, config.resolution)
+    lo, hi = dm.render_resolution_range
+    dm.patch_size = min(dm.patch_size, config.resolution)
     dm.render_resolution_range = (
         max(dm.patch_size, min(lo, config.resolution)),
         max(dm.patch_size, min(hi, 2 * config.resolution)),
     )
-    dm.objects_per_batch = config.objects_per_batch
-    dm.target_views_per_object = config.target_views_per_object
-    dm.patch_sampling = config.patch_sampling
-    trainer.pipeline.model.transformer.triplane_low_res = config.triplane_low_res
-    trainer.pipeline.model.transformer.inner_dim = config.transformer_width
-    trainer.pipeline.eval_max_objects = config.eval_max_objects
     for group in trainer.optimizers.values():
         scheduler = group["scheduler"]
         scheduler.max_steps = config.max_iterations

@@ -1,4 +1,4 @@
-"""nerfstudio's own `ns-export pointcloud` and `ns-export poisson` on an LRM run (DESIGN.md §3 traps)."""
+"""nerfstudio's own `ns-export pointcloud` and `ns-export poisson` on an LRM run (docs/ARCHITECTURE.md, nerfstudio's traps)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""lrm-generate: the DESIGN.md §2 contract, camera convention, nerfstudio loading, determinism, resume."""
+"""lrm-generate: the docs/DATA.md contract, camera convention, nerfstudio loading, determinism, resume."""
 
 from __future__ import annotations
 

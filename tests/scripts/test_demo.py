@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from copy import deepcopy
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,34 @@ def test_demo_refuses_data_made_with_other_settings(tmp_path, capsys):
     assert "passanother--data" in printed
     assert (data / "dataset.json").read_text() == before
     assert not (tmp_path / "out" / "runs").exists()
+
+
+def test_demo_trains_the_registered_lrm_demo_method():
+    """`lrm-demo` trains the registered `lrm-demo` method unchanged: its trainer config is the registered one with
+    only where and how long it runs set. So `ns-train lrm-demo --data data/lrm-demo` trains the demo's model."""
+    from nerfstudio.plugins.registry import discover_methods
+
+    from lrm_nerfstudio.scripts.demo import DemoConfig, trainer_config
+
+    methods, _ = discover_methods()
+    expected = deepcopy(methods["lrm-demo"])
+    expected.output_dir = Path("outputs/demo/runs")
+    expected.experiment_name = "demo"
+    expected.vis = "viewer+tensorboard"
+    expected.viewer.websocket_port = 7007
+    expected.viewer.quit_on_train_completion = True
+    expected.pipeline.datamanager.data = Path("data/lrm-demo")
+    demo = trainer_config(DemoConfig())
+    assert demo == expected
+    # the recipe itself, as the README and experiments/TRAINING.md describe it, and unlike lrm-tiny's
+    model, dm = demo.pipeline.model, demo.pipeline.datamanager
+    assert (model.transformer.inner_dim, model.transformer.triplane_low_res) == (128, 8)
+    assert (dm.objects_per_batch, dm.target_views_per_object, dm.patch_size, dm.patch_sampling) == (16, 1, 16, "stride")
+    assert demo.max_num_iterations == 1200 and demo.optimizers["decoder"]["scheduler"].max_steps == 1200
+    tiny = methods["lrm-tiny"].pipeline
+    assert (tiny.model.transformer.inner_dim, tiny.datamanager.objects_per_batch) == (256, 4)
+    # a shorter budget fits the schedule to it, and smaller data bounds the patches; nothing else moves
+    short = trainer_config(DemoConfig(max_iterations=40, resolution=8))
+    assert short.optimizers["encoder"]["scheduler"].max_steps == 40
+    assert short.optimizers["encoder"]["scheduler"].warm_up_end == 4
+    assert short.pipeline.datamanager.patch_size == 8 and short.pipeline.model == demo.pipeline.model

@@ -8,7 +8,7 @@ accumulation (> 0.5) against the ground-truth alpha (> 0.5). `init_accumulation`
 first held-out view rendered by the untrained model over the pixels whose rays cross the box: how much fog
 training starts from.
 
-    uv run python scripts/demo_ablation.py --data data/lrm-demo --steps 400 --candidates baseline bias-4
+    uv run python experiments/demo_ablation.py --data data/lrm-demo --steps 400 --candidates baseline bias-4
 
 Results are appended to OUTPUT_DIR/results.jsonl (one line per run, so runs in parallel processes can share a
 folder) and the whole table is rewritten to OUTPUT_DIR/results.md after each run.
@@ -154,7 +154,7 @@ CANDIDATES: dict[str, list[Callable[[TrainerConfig], None]]] = {
 
 DESCRIPTIONS = {
     "baseline": "the demo's current recipe (width-128 transformer, 16 objects x 1 view x 16^2 strided rays, bias -4)",
-    "bias-1": "density bias -1, lrm-tiny's default before issue 14 (initial density exp(-1) = 0.37)",
+    "bias-1": "density bias -1, lrm-tiny's default before the first round (initial density exp(-1) = 0.37)",
     "bias-4": "density bias -4 (initial density exp(-4) = 0.018)",
     "bias-6": "density bias -6 (initial density exp(-6) = 0.0025)",
     "softplus-bias-4": "softplus density, bias -4",

@@ -1,4 +1,4 @@
-"""scripts/retrieval_baseline.py: retrieving the test object itself reproduces its unseen silhouettes; another
+"""experiments/retrieval_baseline.py: retrieving the test object itself reproduces its unseen silhouettes; another
 object does not; bad arguments are named."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from lrm_run_helpers import load_script
 
 
 def test_the_object_itself_is_retrieved_and_reproduces_its_views(procedural_dataset):
-    retrieval = load_script("retrieval_baseline")
+    retrieval = load_script("retrieval_baseline", "experiments")
     own = retrieval.main(
         retrieval.RetrievalConfig(
             database=procedural_dataset, database_splits=("test",), eval_data=procedural_dataset, k=[1]
@@ -24,7 +24,7 @@ def test_the_object_itself_is_retrieved_and_reproduces_its_views(procedural_data
 
 
 def test_bad_arguments_are_named(procedural_dataset):
-    retrieval = load_script("retrieval_baseline")
+    retrieval = load_script("retrieval_baseline", "experiments")
     with pytest.raises(ValueError, match="--k"):
         retrieval.main(retrieval.RetrievalConfig(database=procedural_dataset, eval_data=procedural_dataset, k=[0]))
     with pytest.raises(ValueError, match="fewer than k=50"):

@@ -3,14 +3,14 @@
 For each test object of `--eval-data`, the `k` objects of `--database` whose view 0 (the canonical source view) has
 the nearest alpha mask (sum of squared differences at the source resolution) are retrieved; their ground-truth meshes
 are rendered from the test object's other cameras, and the mean of their masks is the predicted alpha, painted with
-the mean colour of the test object's source view on the background. Scored like `scripts/demo_ablation.py`: PSNR
+the mean colour of the test object's source view on the background. Scored like `experiments/demo_ablation.py`: PSNR
 against the background-only PSNR and the mask IoU (> 0.5), per view, averaged.
 
 The prediction is the average of plausible shapes, as an MSE-trained model's is, and it uses nothing but the
 silhouette and the database: a model trained on the same objects that scores no better has learnt no more of a
 shape prior than a lookup table holds. Prints one JSON document.
 
-    uv run python scripts/retrieval_baseline.py --database data/lrm-demo --eval-data data/lrm-demo --k 1 5 20
+    uv run python experiments/retrieval_baseline.py --database data/lrm-demo --eval-data data/lrm-demo --k 1 5 20
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""scripts/demo_ablation.py: a two-step run of two candidates writes one table row each, with finite metrics."""
+"""experiments/demo_ablation.py: a two-step run of two candidates writes one table row each, with finite metrics."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from lrm_run_helpers import load_script
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "demo_ablation.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "demo_ablation.py"
 
 
 @pytest.mark.slow  # two lrm-tiny trainer set-ups and evaluations: about a minute
 def test_two_candidates_two_steps(procedural_dataset, tmp_path):
-    ablation = load_script("demo_ablation")
+    ablation = load_script("demo_ablation", "experiments")
     config = ablation.AblationConfig(
         data=procedural_dataset, output_dir=tmp_path, candidates=["bias-1", "bias-4"], steps=2, eval_max_objects=1
     )
@@ -40,17 +40,17 @@ def test_two_candidates_two_steps(procedural_dataset, tmp_path):
 
 
 def test_unknown_candidate_is_named(tmp_path):
-    ablation = load_script("demo_ablation")
+    ablation = load_script("demo_ablation", "experiments")
     with pytest.raises(ValueError, match="unknown candidate.*'nope'"):
         ablation.main(ablation.AblationConfig(data=tmp_path, output_dir=tmp_path / "o", candidates=["nope"]))
 
 
 def test_every_candidate_applies_and_docs_name_only_known_ones():
     """Each candidate's edits reach real settings of the demo's trainer, and every runner command in
-    docs/TRAINING.md names candidates the runner has (with a description for its table)."""
+    experiments/TRAINING.md names candidates the runner has (with a description for its table)."""
     from lrm_nerfstudio.scripts.demo import DemoConfig, trainer_config
 
-    ablation = load_script("demo_ablation")
+    ablation = load_script("demo_ablation", "experiments")
     for name, edits in ablation.CANDIDATES.items():
         trainer = trainer_config(DemoConfig(viewer=False))
         for edit in edits:
@@ -61,7 +61,7 @@ def test_every_candidate_applies_and_docs_name_only_known_ones():
     assert trainer.pipeline.datamanager.objects_per_batch == 16
     with pytest.raises(AttributeError, match="objects_per_batchh"):
         ablation._set("pipeline.datamanager.objects_per_batchh", 3)(trainer)
-    docs = (SCRIPT.parents[1] / "docs" / "TRAINING.md").read_text()
+    docs = (SCRIPT.parent / "TRAINING.md").read_text()
     named = [m.split() for m in re.findall(r"demo_ablation\.py [^\n]*--candidates ([^\n`]+)", docs)]
     assert len(named) >= 10
     for names in named:
@@ -72,7 +72,7 @@ def test_joined_candidates_apply_every_part_in_order():
     """'a+b' applies a's edits, then b's, and its table row names both settings; an unknown part is named."""
     from lrm_nerfstudio.scripts.demo import DemoConfig, trainer_config
 
-    ablation = load_script("demo_ablation")
+    ablation = load_script("demo_ablation", "experiments")
     trainer = trainer_config(DemoConfig(viewer=False))
     for edit in ablation.edits("width-128+objects-16-views-1"):
         edit(trainer)
@@ -95,7 +95,7 @@ def test_eval_data_scores_the_other_datasets_test_objects(procedural_dataset, tm
 
     other = tmp_path / "other"
     generate(GenerateConfig(output=other, num_objects=4, num_views=4, resolution=64, seed=3, workers=1))
-    ablation = load_script("demo_ablation")
+    ablation = load_script("demo_ablation", "experiments")
     config = ablation.AblationConfig(
         data=procedural_dataset, eval_data=other, output_dir=tmp_path / "o", candidates=["baseline"], steps=1,
         eval_max_objects=1,
