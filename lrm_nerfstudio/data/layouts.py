@@ -98,13 +98,12 @@ def detect_layout(root: Path, options: LayoutOptions) -> str:
     candidates: list[Path] = []
     if options.uids is not None:
         candidates = [root / uid for uid in _read_uid_list(Path(options.uids))[:_DETECT_SCAN]]
-    else:
-        with os.scandir(root) as entries:
-            for entry in entries:
-                if entry.is_dir() and not entry.name.startswith("."):
-                    candidates.append(Path(entry.path))
-                    if len(candidates) >= _DETECT_SCAN:
-                        break
+    with os.scandir(root) as entries:  # and the first few folders of the root (a uid list may start with absent ones)
+        for entry in entries:
+            if entry.is_dir() and not entry.name.startswith("."):
+                candidates.append(Path(entry.path))
+                if len(candidates) >= 2 * _DETECT_SCAN:
+                    break
     for folder in candidates:
         if (folder / OPENLRM_LOCATOR).is_file():
             return "openlrm"
