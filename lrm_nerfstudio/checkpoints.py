@@ -4,9 +4,18 @@ nerfstudio's cosine/exponential schedulers compute learning rates with numpy, so
 and scheduler states in every checkpoint hold `numpy.float64` scalars. `torch.load` (as called by `ns-train
 --load-dir`, `ns-eval`, `ns-viewer` and `ns-export`) then refuses the file. numpy scalars and dtypes are plain data,
 so they are allow-listed when the plugin is imported (which nerfstudio does before loading any LRM checkpoint).
+
+Checkpoints are written to a temporary name and renamed (`LRMTrainer.save_checkpoint`), and whoever picks the newest
+one skips a file that is not completely written (`newest_complete_checkpoint`): a run killed during a save, or one
+written by plain nerfstudio, then loads from the previous checkpoint.
 """
 
 from __future__ import annotations
+
+import warnings
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,3 +29,49 @@ def allow_numpy_scalars_in_checkpoints() -> None:
         from numpy._core.multiarray import scalar
     dtype_classes = [type(np.dtype(t)) for t in (np.float64, np.float32, np.int64, np.int32, np.bool_)]
     torch.serialization.add_safe_globals([scalar, np.dtype, *dtype_classes])
+
+
+# ------------------------------------------------------------------------------------------ complete checkpoints
+CHECKPOINT_GLOB = "step-*.ckpt"
+"""Name pattern of nerfstudio's checkpoints (`step-000001000.ckpt`); partial writes never match it."""
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why `path` is not a completely written checkpoint, or None when it is.
+
+    torch saves a zip archive whose central directory is written last, so a file cut short by a kill has none (or
+    one pointing past its end). Only that directory is read: nothing is unpickled here.
+    """
+    try:
+        size = path.stat().st_size
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if info.header_offset + info.compress_size > size:
+                    return f"member {info.filename} ends past the end of the file (truncated)"
+    except zipfile.BadZipFile as err:
+        return f"not a complete checkpoint ({err}; truncated, e.g. by a kill during the save?)"
+    except OSError as err:
+        return f"unreadable ({err})"
+    return None
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The step of `step-XXXXXXXXX.ckpt`, or None for another name."""
+    digits = path.name.removeprefix("step-").removesuffix(".ckpt")
+    return int(digits) if path.name.startswith("step-") and path.suffix == ".ckpt" and digits.isdigit() else None
+
+
+def newest_complete_checkpoint(folder: Path, warn: Callable[[str], None] | None = None) -> Path | None:
+    """The newest `step-*.ckpt` of `folder` that is completely written, skipping (with a warning) newer ones that are
+    not; None when there is none at all."""
+    ckpts = [p for p in Path(folder).glob(CHECKPOINT_GLOB) if checkpoint_step(p) is not None] if folder else []
+    for ckpt in sorted(ckpts, key=lambda p: checkpoint_step(p) or 0, reverse=True):
+        problem = checkpoint_problem(ckpt)
+        if problem is None:
+            return ckpt
+        message = f"skipping checkpoint {ckpt}: {problem}; falling back to the previous one"
+        if warn is not None:
+            warn(message)
+        else:
+            warnings.warn(message, UserWarning, stacklevel=2)
+    return None

@@ -24,6 +24,10 @@ from lrm_nerfstudio.model.triplane_transformer import TriplaneTransformerConfig
 from lrm_nerfstudio.model.upsampler import TriplaneUpsamplerConfig
 from lrm_nerfstudio.optimizers import AdamWOptimizerConfig
 from lrm_nerfstudio.training.trainer import LRMTrainerConfig
+from lrm_nerfstudio.viewer_security import install_viewer_guards
+
+# nerfstudio discovers the plugin by importing this module, before `ns-viewer` declares its viewer options
+install_viewer_guards()
 
 
 def _machine() -> MachineConfig:

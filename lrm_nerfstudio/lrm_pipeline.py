@@ -134,6 +134,7 @@ class LRMPipeline(VanillaPipeline):
             [self.model(bundle[i : i + chunk])["accumulation"].view(-1) for i in range(0, len(bundle), chunk)]
         )
         fraction = float((alpha > 0.5).float().mean()) if len(alpha) else 0.0
+        dm.set_export_opacity(alpha)  # export rays from then on aim at the opaque cells
         per_batch = fraction * dm.train_pixel_sampler.num_rays_per_batch
         if fraction < minimum:
             raise EmptyReconstructionError(

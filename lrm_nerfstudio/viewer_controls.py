@@ -36,6 +36,7 @@ from viser._gui_handles import UploadedFile
 
 from lrm_nerfstudio.cameras import WORLD_UP, spherical_eye
 from lrm_nerfstudio.data.image_preprocess import ImageInputError, preprocess_image_bytes
+from lrm_nerfstudio.viewer_security import delivered_upload, limit_uploads, markdown_text
 
 if TYPE_CHECKING:
     from lrm_nerfstudio.lrm_pipeline import LRMPipeline
@@ -46,6 +47,14 @@ MAX_LISTED_PER_SPLIT = 2000
 """A browser dropdown with more entries than this becomes unusable; the rest stay reachable by upload/CLI."""
 UPLOAD_MIME_TYPE = "image/*"
 """What the browser's file picker offers; anything else still reaches the server's checks."""
+UPLOAD_MAX_BYTES = 16 * 2**20
+"""Largest upload accepted; larger ones are refused at their first message, before viser stores any part."""
+UPLOAD_MAX_PIXELS = 4096 * 4096
+"""Largest width x height accepted, read from the image header before decoding."""
+NOTIFICATION_CHARS = 500
+"""Longer messages are cut in the notification (the console and `status` keep them whole)."""
+UPLOAD_LIMITS = f"Images up to {UPLOAD_MAX_BYTES // 2**20} MiB and {UPLOAD_MAX_PIXELS / 1e6:.1f} Mpx (4096 x 4096)."
+"""The limits as the panel states them."""
 START_VIEW = (2.6, 30.0, 20.0)
 """(distance, azimuth, elevation in degrees) of a new browser's camera: a three-quarter view of the [-1, 1]^3 box."""
 VISER_SCALE = 10.0
@@ -53,7 +62,11 @@ VISER_SCALE = 10.0
 
 
 class ViewerMarkdown(ViewerElement[str]):
-    """Markdown text in the viewer panel (status messages, the source image as an embedded data-URI PNG)."""
+    """Markdown text in the viewer panel (status messages, the source image as an embedded data-URI PNG).
+
+    viser evaluates markdown as MDX, in which `{...}` runs JavaScript: text from outside (file names, object ids,
+    error messages) goes through `markdown_text` first.
+    """
 
     def __init__(self, name: str, content: str = "", visible: bool = True) -> None:
         super().__init__(name, visible=visible)
@@ -80,12 +93,24 @@ class ViewerMarkdown(ViewerElement[str]):
 
 class ViewerUpload(ViewerElement[UploadedFile]):
     """A file-upload button (viser's `add_upload_button`); `cb_hook(self)` runs after each upload, `value` is the
-    last `UploadedFile` (name, content)."""
+    last `UploadedFile` (name, content). Uploads over `max_bytes` are refused before viser stores them, and
+    `on_refused(file name, reason)` runs instead."""
 
-    def __init__(self, name: str, cb_hook: Any, mime_type: str = "*/*", hint: str | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        cb_hook: Any,
+        mime_type: str = "*/*",
+        hint: str | None = None,
+        max_bytes: int = UPLOAD_MAX_BYTES,
+        on_refused: Any = None,
+    ) -> None:
         super().__init__(name, cb_hook=cb_hook)
         self.mime_type = mime_type
         self.hint = hint
+        self.max_bytes = max_bytes
+        self.on_refused = on_refused
+        self._delivery = threading.local()
 
     def _create_gui_handle(self, viser_server: ViserServer) -> None:
         self.gui_handle = viser_server.gui.add_upload_button(  # type: ignore[assignment]
@@ -94,12 +119,30 @@ class ViewerUpload(ViewerElement[UploadedFile]):
 
     def install(self, viser_server: ViserServer) -> None:
         self._create_gui_handle(viser_server)
-        # Looked up at call time: the viewer replaces `cb_hook` after install with its locked, re-rendering wrapper.
-        self.gui_handle.on_upload(lambda _: self.cb_hook(self))  # type: ignore[union-attr]
+        self.gui_handle.on_upload(self._received)  # type: ignore[union-attr]
+        limit_uploads(self.gui_handle, self.max_bytes, self.on_refused)
+
+    def _received(self, event: Any) -> None:
+        # This thread's upload and its browser, for `value` and `client` while `cb_hook` runs (uploads of several
+        # browsers can finish at once). `cb_hook` is looked up now: the viewer replaces it after install with its
+        # locked, re-rendering wrapper.
+        self._delivery.file, self._delivery.client = delivered_upload() or self.gui_handle.value, event.client
+        try:
+            self.cb_hook(self)
+        finally:
+            self._delivery.file = self._delivery.client = None
 
     @property
     def value(self) -> UploadedFile:
+        delivered = getattr(self._delivery, "file", None)
+        if delivered is not None:
+            return delivered
         return self.gui_handle.value if self.gui_handle is not None else UploadedFile("", b"")  # type: ignore[union-attr]
+
+    @property
+    def client(self) -> Any:
+        """viser ClientHandle of the browser whose upload `cb_hook` is handling (None outside it)."""
+        return getattr(self._delivery, "client", None)
 
 
 class StartView(ViewerControl):
@@ -163,11 +206,12 @@ class LRMViewerControls(nn.Module):
         self.c_refresh = ViewerButton("Re-run prediction", cb_hook=lambda _: self.refresh())
         self.d_upload = ViewerUpload(
             "Upload image",
-            cb_hook=lambda element: self.upload(element.value.name, element.value.content),
+            cb_hook=lambda element: self.upload(element.value.name, element.value.content, element.client),
             mime_type=UPLOAD_MIME_TYPE,
-            hint="An RGBA image, or RGB on a plain background: reconstructed from the current weights",
+            hint=f"An RGBA image, or RGB on a plain background: reconstructed from the current weights. {UPLOAD_LIMITS}",
+            on_refused=lambda name, reason, client: self._report(f"Upload {name!r} refused: {reason}.", client),
         )
-        self.e_status = ViewerMarkdown("Status")
+        self.e_status = ViewerMarkdown("Status", markdown_text(f"Upload: {UPLOAD_LIMITS}"))
         # gsplat's CUDA extension is checked when the box is ticked, not here: its first use may compile it
         on_cuda = pipeline.model.device.type == "cuda"
         self.f_splat_preview = ViewerCheckbox(
@@ -231,14 +275,14 @@ class LRMViewerControls(nn.Module):
             except Exception as err:  # noqa: BLE001 - the viewer thread must survive any bad object
                 return self._report(f"Could not show {label}: {err}")
             self._show_source()
-            self._status(f"Showing **{name}** ({label}), predicted from the current weights.")
+            self._status(f"Showing {name} ({label}), predicted from the current weights.")
             return True
 
     def refresh(self) -> None:
         """Re-predict the display triplane from the current weights (on the next render)."""
         with self._lock:
             self._pipeline.model.refresh_display()
-            self._status(f"Re-running the prediction of **{self._datamanager.display_source[2]}**.")
+            self._status(f"Re-running the prediction of {self._datamanager.display_source[2]}.")
 
     def set_splat_preview(self, on: bool) -> bool:
         """Render the viewer's cameras with gsplat (True) or the volume renderer (False); False and a status message
@@ -258,25 +302,34 @@ class LRMViewerControls(nn.Module):
             )
             return True
 
-    def upload(self, name: str, data: bytes) -> bool:
-        """Reconstruct an uploaded image; on bad input report why and leave the display unchanged."""
+    def upload(self, name: str, data: bytes, client: Any = None) -> bool:
+        """Reconstruct an uploaded image; on bad input report why and leave the display unchanged. The uploading
+        browser (`client`, a viser ClientHandle) gets a notification either way; None notifies every browser of a
+        problem."""
         name = name or "upload"
         with self._lock:
+            if len(data) > UPLOAD_MAX_BYTES:  # the viewer refuses these before they arrive; this covers direct calls
+                return self._report(f"Upload rejected: {name}: {len(data):,} bytes, over the limit of "
+                                    f"{UPLOAD_MAX_BYTES:,} bytes", client)  # fmt: skip
             try:
                 # Checked in memory first: nothing is written for a bad upload and the message names the upload.
-                preprocess_image_bytes(data, name, size=self._datamanager.config.source_resolution)
+                preprocess_image_bytes(
+                    data, name, size=self._datamanager.config.source_resolution, max_pixels=UPLOAD_MAX_PIXELS
+                )
                 path = self._save_upload(name, data)
                 shown = self._pipeline.show_object(str(path))
             except ImageInputError as err:
-                return self._report(f"Upload rejected: {err}")
+                return self._report(f"Upload rejected: {err}", client)
             except Exception as err:  # noqa: BLE001 - the viewer thread must survive any upload
-                return self._report(f"Upload {name!r} failed: {type(err).__name__}: {err}")
+                return self._report(f"Upload {name!r} failed: {type(err).__name__}: {err}", client)
             options = list(self.a_object.options)
             label = self._label_of(str(path), options)
             self.a_object.set_options(options)
             self.a_object.value = label  # its callback sees the display already on `path` and does nothing
             self._show_source()
-            self._status(f"Showing upload **{shown}**, predicted from the current weights.")
+            self._status(f"Showing upload {shown}, predicted from the current weights.")
+            if client is not None:
+                self._notify([client], f"Reconstructed {name!r}: the viewer shows it.", "green")
             return True
 
     # ------------------------------------------------------------------------------------------------- helpers
@@ -292,20 +345,29 @@ class LRMViewerControls(nn.Module):
 
     def _show_source(self) -> None:
         image, _, name = self._datamanager.display_source
-        self.b_source_image.content = f"**{name}**\n\n![source image of {name}]({image_data_uri(image)})"
+        self.b_source_image.content = f"**{markdown_text(name)}**\n\n![source image]({image_data_uri(image)})"
 
     def _status(self, text: str) -> None:
+        """`text` (plain, possibly holding names from outside) as the status, shown literally in the panel."""
         self.status = text
-        self.e_status.content = text
+        self.e_status.content = markdown_text(text)
 
-    def _report(self, text: str) -> bool:
-        """Show a problem in the panel and as a notification in every open browser; never raises."""
+    def _report(self, text: str, client: Any = None) -> bool:
+        """Show a problem in the panel and as a notification in browser `client` (None: every open browser); never
+        raises."""
         self._status(f"⚠️ {text}")
         server = self.e_status.viser_server
-        if server is not None:
-            try:
-                for client in server.get_clients().values():
-                    client.add_notification("LRM viewer", text, auto_close=8000, color="red")
-            except Exception as err:  # noqa: BLE001 - the message is in the panel already
-                CONSOLE.print(f"[yellow]LRM viewer: could not notify the browsers: {err}")
+        if client is not None:
+            self._notify([client], text, "red")
+        elif server is not None:
+            self._notify(list(server.get_clients().values()), text, "red")
         return False
+
+    @staticmethod
+    def _notify(clients: list, text: str, color: str) -> None:
+        """A notification (shown as plain text by viser's client) in each of `clients`; never raises."""
+        for client in clients:
+            try:
+                client.add_notification("LRM viewer", text[:NOTIFICATION_CHARS], auto_close=8000, color=color)
+            except Exception as err:  # noqa: BLE001 - the message is in the panel already
+                CONSOLE.print(f"[yellow]LRM viewer: could not notify a browser: {err}")

@@ -34,3 +34,44 @@ def test_cli_help_prints_no_future_warning():
     out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "FutureWarning" not in out.stderr and "custom_fwd" not in out.stderr, out.stderr[-2000:]
+
+
+# each warning as seen in the stderr of ns-train lrm-tiny / lrm-eval / lrm-demo (message, category, issuing module)
+SEEN = [
+    ("`torch.cuda.amp.GradScaler(args...)` is deprecated. Please use `torch.amp.GradScaler('cuda', args...)` instead.",
+     FutureWarning, "nerfstudio.engine.trainer"),
+    (("Using a non-tuple sequence for multidimensional indexing is deprecated and will be changed in pytorch 2.9; use "
+     "x[tuple(seq)] instead of x[seq]."), UserWarning, "nerfstudio.cameras.cameras"),
+    (("Converting a tensor with requires_grad=True to a scalar may lead to unexpected behavior.\nConsider using "
+     "tensor.detach() first."), UserWarning, "nerfstudio.utils.writer"),
+    (("Importing `spectral_angle_mapper` from `torchmetrics.functional` was deprecated and will be removed in 2.0. "
+     "Import `spectral_angle_mapper` from `torchmetrics.image` instead."), FutureWarning, "torchmetrics.utilities.prints"),
+]  # fmt: skip
+
+
+def test_each_seen_library_warning_is_silenced_only_where_it_comes_from():
+    for message, category, module in SEEN:
+        assert _shown(message, category, module) == [], message
+        assert _shown(message, category, "lrm_nerfstudio.scripts.eval") != [], message  # our own code still warns
+
+
+def test_short_ns_train_prints_none_of_them(procedural_dataset, tmp_path):
+    """nerfstudio's ns-train entry point, 2 steps: none of the known warnings (those nerfstudio raises while it
+    imports its models included), while an unrelated warning raised in the same process still shows."""
+    script = (
+        "import sys, warnings\n"
+        f"sys.argv = ['ns-train', 'lrm-tiny', '--data', {str(procedural_dataset)!r}, '--output-dir', {str(tmp_path)!r},"
+        " '--max-num-iterations', '2', '--vis', 'tensorboard', '--pipeline.datamanager.num-workers', '0',"
+        " '--machine.device-type', 'cpu']\n"
+        "from nerfstudio.scripts.train import entrypoint\n"
+        "warnings.warn_explicit('an unrelated thing is deprecated', FutureWarning, 'x.py', 1,"
+        " module='nerfstudio.fields.x')\n"
+        "entrypoint()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "an unrelated thing is deprecated" in out.stderr
+    assert list(tmp_path.rglob("step-*.ckpt")), "the run did not train"
+    for needle in ("custom_fwd", "custom_bwd", "GradScaler", "non-tuple sequence", "requires_grad=True to a scalar",
+                   "torchmetrics.functional"):  # fmt: skip
+        assert needle not in out.stderr, out.stderr[-3000:]

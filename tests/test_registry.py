@@ -38,3 +38,14 @@ def test_released_architecture_methods_are_registered():
     assert triposr.datamanager.source_resolution == 512 and triposr.datamanager.source_background == (0.5, 0.5, 0.5)
     assert openlrm.model.transformer.modln_affine and openlrm.model.field.plane_axes == ((0, 1), (0, 2), (2, 1))
     assert openlrm.datamanager.source_resize == "bicubic_align_corners"
+
+
+def test_dataparser_entry_point_loads():
+    """Registered so that ns-train / ns-viewer / ns-export load the plugin (and its warning filters) before
+    nerfstudio imports its models (tests/test_quiet.py checks the effect)."""
+    from nerfstudio.plugins.registry_dataparser import discover_dataparsers
+
+    from lrm_nerfstudio.data.lrm_dataparser import LRMDataParserConfig
+
+    parsers, _ = discover_dataparsers()
+    assert isinstance(parsers["lrm-multiview"], LRMDataParserConfig)

@@ -10,10 +10,14 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
+import posixpath
+import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -26,6 +30,11 @@ SPLITS = ("train", "val", "test")
 """Split names dataset.json may list."""
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 """File suffixes that `--data` treats as a single image (inference mode)."""
+DEFAULT_MAX_PIXELS = 4096 * 4096
+"""Largest width * height of a dataset image, checked from its header before any pixel is decoded (a shared
+dataset must not be able to make a reader allocate gigabytes); the photo path (`image_preprocess`) uses the same."""
+PATH_FIELDS = ("file_path", "depth_file_path", "normal_file_path", "mask_file_path")
+"""Per-frame keys of transforms.json that name files (each must stay inside the object folder)."""
 
 _GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 _ACCEPTED_CAMERA_MODELS = ("PINHOLE", "OPENCV", "SIMPLE_PINHOLE")
@@ -74,6 +83,43 @@ def is_image_path(path: Path | str) -> bool:
     return p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir()
 
 
+# ------------------------------------------------------------------------------------------------------ containment
+def contained_path(
+    transforms: Path, field: str, value: str, root: Path, dataset_root: Path | None, source: MemberSource | None
+) -> Path:
+    """`root / value` for a path read from `transforms` (key `field`), refused unless it stays inside the object.
+
+    The path must be relative and must not climb out of the object folder `root` (`..`). In a folder dataset, every
+    symlink on the way is followed and the real target must lie inside `dataset_root` (so objects may share files
+    by symlink, but nothing outside the dataset is ever read). Shard members are checked by name only: a tar shard
+    holds nothing else.
+
+    Raises:
+        DatasetFormatError: naming `transforms`, the field and the path.
+    """
+    why = ""
+    if value.startswith(("/", "\\")) or PureWindowsPath(value).is_absolute() or PureWindowsPath(value).drive:
+        why = "is absolute"
+    elif "\x00" in value:
+        why = "holds a NUL byte"
+    else:
+        parts = PurePosixPath(posixpath.normpath(value.replace("\\", "/"))).parts
+        if not parts or parts[0] == ".." or parts == (".",):
+            why = "leaves the object folder"
+    path = root / value
+    if not why and source is None:
+        real, base = os.path.realpath(path), os.path.realpath(dataset_root if dataset_root is not None else root)
+        if os.path.commonpath([real, base]) != base:
+            why = f"resolves to {real}, outside the dataset folder {base}"
+    if why:
+        raise _fail(
+            transforms,
+            f"{field} {value!r} {why}; dataset files must lie inside their object folder",
+            "use a relative path such as images/000.png and copy the file into the dataset",
+        )
+    return path
+
+
 # ----------------------------------------------------------------------------------------------------------- images
 def _check_mode(path: Path, mode: str) -> bool:
     """Raises for unsupported modes; returns whether the image has alpha."""
@@ -104,55 +150,80 @@ def _warn_no_alpha(path: Path) -> None:
         )
 
 
-def read_image_size(path: Path | str, source: MemberSource | None = None) -> tuple[int, int, bool]:
+def read_image_size(
+    path: Path | str, source: MemberSource | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[int, int, bool]:
     """Reads only the header of an image (a member of `source` when given).
 
     Returns:
         (width, height, has_alpha).
 
     Raises:
-        DatasetFormatError: missing, undecodable, grayscale or otherwise unsupported image.
+        DatasetFormatError: missing, undecodable, grayscale or otherwise unsupported image, or one of more than
+            `max_pixels` pixels.
     """
     path = Path(path)
     if not _is_file(path, source):
         raise _fail(path, "image file does not exist", "check file_path in transforms.json")
-    try:
-        with Image.open(_open(path, source)) as img:
-            mode, size = img.mode, img.size
-            if mode == "P":
-                mode = "PA" if "transparency" in img.info else "P"
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise _fail(path, f"cannot decode image ({err})", "re-export it as PNG") from err
+    with _open_image(path, source, max_pixels) as img:
+        mode, size = img.mode, img.size
+        if mode == "P":
+            mode = "PA" if "transparency" in img.info else "P"
     has_alpha = _check_mode(path, mode)
     return size[0], size[1], has_alpha
 
 
-def load_rgba(path: Path | str, source: MemberSource | None = None) -> Float[np.ndarray, "H W 4"]:
+@contextmanager
+def _open_image(path: Path, source: MemberSource | None, max_pixels: int, what: str = "image") -> Iterator[Image.Image]:
+    """The image opened lazily (header only), refused before decoding when over `max_pixels`.
+
+    PIL's own decompression-bomb guard (an error above twice its limit, a warning above it) becomes the same
+    DatasetFormatError, as does every decoding error raised inside the `with` block.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(_open(path, source)) as img:
+                w, h = img.size
+                if w * h > max_pixels:
+                    raise _fail(
+                        path,
+                        f"{what} too large: {w}x{h} = {w * h} pixels, over the limit of {max_pixels} (not decoded)",
+                        "downscale it, or raise the dataparser's max_pixels if the file is trusted",
+                    )
+                yield img
+    except DatasetFormatError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise _fail(path, f"{what} too large to decode safely ({err})", "downscale it") from err
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, MemoryError) as err:
+        raise _fail(path, f"cannot decode {what} ({err})", "re-export it as PNG") from err
+
+
+def load_rgba(
+    path: Path | str, source: MemberSource | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Float[np.ndarray, "H W 4"]:
     """Loads an RGBA image (a member of `source` when given) as float32 in [0, 1].
 
     8- and 16-bit files are accepted. RGB files without alpha get alpha = 1 (with a one-time warning: the
-    background is then taken to be part of the object). Grayscale images are rejected.
+    background is then taken to be part of the object). Grayscale images are rejected, and so is any image of more
+    than `max_pixels` pixels, from its header, before decoding.
 
     Raises:
-        DatasetFormatError: missing, undecodable, grayscale or otherwise unsupported image.
+        DatasetFormatError: missing, undecodable, grayscale, oversized or otherwise unsupported image.
     """
     path = Path(path)
     if not _is_file(path, source):
         raise _fail(path, "image file does not exist", "check file_path in transforms.json")
-    try:
-        with Image.open(_open(path, source)) as img:
-            mode = img.mode
-            if mode == "P":
-                mode = "PA" if "transparency" in img.info else "P"
-            has_alpha = _check_mode(path, mode)
-            img.load()
-            if img.mode not in ("RGBA", "RGB"):
-                img = img.convert("RGBA" if has_alpha else "RGB")
-            arr = np.asarray(img)
-    except DatasetFormatError:
-        raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise _fail(path, f"cannot decode image ({err})", "re-export it as PNG") from err
+    with _open_image(path, source, max_pixels) as img:
+        mode = img.mode
+        if mode == "P":
+            mode = "PA" if "transparency" in img.info else "P"
+        has_alpha = _check_mode(path, mode)
+        img.load()
+        if img.mode not in ("RGBA", "RGB"):
+            img = img.convert("RGBA" if has_alpha else "RGB")
+        arr = np.asarray(img)
     # PIL reads 16-bit colour PNGs as 8-bit RGB(A); a uint16 array (other readers) is scaled by its own range.
     scale = 65535.0 if arr.dtype == np.uint16 else 255.0
     out = np.empty((arr.shape[0], arr.shape[1], 4), dtype=np.float32)
@@ -166,17 +237,17 @@ def load_rgba(path: Path | str, source: MemberSource | None = None) -> Float[np.
 
 
 def load_depth(
-    path: Path | str, scale_factor: float = 1e-3, source: MemberSource | None = None
+    path: Path | str,
+    scale_factor: float = 1e-3,
+    source: MemberSource | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Float[np.ndarray, "H W"]:
     """Loads a 16-bit depth PNG as z-depth in world units (`value * scale_factor`; 0 = no hit)."""
     path = Path(path)
     if not _is_file(path, source):
         raise _fail(path, "depth file does not exist", "check depth_file_path in transforms.json")
-    try:
-        with Image.open(_open(path, source)) as img:
-            arr = np.asarray(img)
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise _fail(path, f"cannot decode depth image ({err})") from err
+    with _open_image(path, source, max_pixels, what="depth image") as img:
+        arr = np.asarray(img)
     if arr.ndim != 2:
         raise _fail(path, f"depth image must be single-channel, got shape {arr.shape}", "save 16-bit grayscale")
     return arr.astype(np.float32) * float(scale_factor)
@@ -209,11 +280,16 @@ def _read_json(path: Path, what: str, source: MemberSource | None = None) -> Any
         raise _fail(path, f"cannot read {what}: {err}") from err
 
 
+OBJECT_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
+"""What an object id may be: a folder name that is also safe to show (the viewer lists ids) and to pass to a shell."""
+
+
 def _check_object_id(path: Path, split: str, oid: Any) -> str:
     if not isinstance(oid, str) or not oid:
         raise _fail(path, f"splits.{split} holds {oid!r}; object ids must be non-empty strings")
-    if "/" in oid or "\\" in oid or oid in (".", "..") or oid.startswith("."):
-        raise _fail(path, f"splits.{split} holds {oid!r}; an object id must be a plain folder name")
+    if not OBJECT_ID.fullmatch(oid):
+        raise _fail(path, f"splits.{split} holds {oid!r}; an object id must be a plain folder name: letters, digits, "
+                          "'_', '-' and '.' (not first), at most 128 characters")  # fmt: skip
     return oid
 
 
@@ -279,6 +355,8 @@ class ObjectViews:
     """Ground-truth mesh, if given."""
     source: MemberSource | None = None
     """Where the files are when not in a folder: the object's tar shard (its paths are then shard member paths)."""
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    """Largest width * height its images may have (checked from the header before decoding)."""
 
     def __len__(self) -> int:
         return len(self.image_paths)
@@ -337,16 +415,27 @@ def _transform(path: Path, frame: dict[str, Any], i: int) -> np.ndarray:
 
 
 def read_object(
-    root: Path | str, object_id: str | None = None, check_images: bool = True, source: MemberSource | None = None
+    root: Path | str,
+    object_id: str | None = None,
+    check_images: bool = True,
+    source: MemberSource | None = None,
+    dataset_root: Path | str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> ObjectViews:
     """Reads and validates one object folder's transforms.json (or its members in `source`, a shard).
+
+    Every file it names must stay inside the object folder (`contained_path`), whatever `check_images` says.
 
     Args:
         root: the object folder (holding transforms.json).
         object_id: its id; defaults to the folder name.
-        check_images: also open every image header (existence, decodability, size matching w/h, channels).
-            Without it only transforms.json is read; image problems surface when the image is loaded.
+        check_images: also open every image header (existence, decodability, size matching w/h, channels, at
+            most `max_pixels` pixels). Without it only transforms.json is read; image problems surface when the
+            image is loaded.
         source: the shard holding the object's files; `root` is then `<shard>/<object_id>`.
+        dataset_root: the folder no file may resolve outside of (symlinks followed); defaults to the parent of
+            `root` when that holds a dataset.json, else `root` itself.
+        max_pixels: largest width * height of an image, kept in the result for the loaders.
 
     Raises:
         DatasetFormatError: on any problem, naming the file.
@@ -355,6 +444,16 @@ def read_object(
     path = root / "transforms.json"
     if source is None and not root.is_dir():
         raise _fail(root, "object folder does not exist", "is it listed in dataset.json by mistake?")
+    if source is None:
+        if dataset_root is None:
+            dataset_root = root.parent if (root.parent / "dataset.json").is_file() else root
+        contained_path(root.parent / "dataset.json", "object folder", root.name, root.parent, dataset_root, None)
+        contained_path(path, "transforms.json", "transforms.json", root, dataset_root, None)
+    droot = Path(dataset_root) if dataset_root is not None else None
+
+    def inside(field: str, value: str) -> Path:
+        return contained_path(path, field, value, root, droot, source)
+
     data = _read_json(path, "transforms.json", source)
     if not isinstance(data, dict):
         raise _fail(path, f"top level must be an object, got {type(data).__name__}")
@@ -378,17 +477,21 @@ def read_object(
             raise _fail(path, f"frames[{i}] has no string 'file_path'")
         c2ws.append(_transform(path, frame, i))
         intr.append(_intrinsics(path, data, frame, i))
-        images.append(root / fp)
-        dp = frame.get("depth_file_path")
-        if dp is not None:
-            if not isinstance(dp, str):
-                raise _fail(path, f"frames[{i}].depth_file_path must be a string")
-            depths.append(root / dp)
+        images.append(inside(f"frames[{i}].file_path", fp))
+        for key in PATH_FIELDS[1:]:
+            other = frame.get(key)
+            if other is not None and not isinstance(other, str):
+                raise _fail(path, f"frames[{i}].{key} must be a string")
+            if other:
+                checked = inside(f"frames[{i}].{key}", other)
+                if key == "depth_file_path":
+                    depths.append(checked)
     if depths and len(depths) != len(images):
         raise _fail(path, "depth_file_path is given for some frames but not all")
     mesh = data.get("mesh_path")
     if mesh is not None and not isinstance(mesh, str):
         raise _fail(path, "'mesh_path' must be a string")
+    mesh_path = inside("mesh_path", mesh) if mesh else None
     obj = ObjectViews(
         object_id=object_id if object_id is not None else root.name,
         root=root,
@@ -396,12 +499,13 @@ def read_object(
         c2w=np.stack(c2ws).astype(np.float32),
         intrinsics=np.asarray(intr, dtype=np.float64),
         depth_paths=depths or None,
-        mesh_path=root / mesh if mesh else None,
+        mesh_path=mesh_path,
         source=source,
+        max_pixels=max_pixels,
     )
     if check_images:
         for i, img_path in enumerate(images):
-            w, h, has_alpha = read_image_size(img_path, source)
+            w, h, has_alpha = read_image_size(img_path, source, max_pixels)
             check_image_size(obj, i, w, h)
             if not has_alpha:
                 _warn_no_alpha(img_path)

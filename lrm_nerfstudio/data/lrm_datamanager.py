@@ -10,7 +10,6 @@ global RNG state; the object order is a per-epoch seeded permutation sharded by 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from nerfstudio.data.dataparsers.base_dataparser import DataparserOutputs
 from nerfstudio.data.datasets.base_dataset import InputDataset
 from nerfstudio.data.pixel_samplers import PixelSamplerConfig
 from nerfstudio.model_components.ray_generators import RayGenerator
+from nerfstudio.utils import writer
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
@@ -107,8 +107,14 @@ class LRMDataManagerConfig(VanillaDataManagerConfig):
     """Test mode (ns-export pointcloud / poisson): before the first rays, the display object is rendered on a grid
     of its views' pixels, and if fewer than this fraction come out opaque (alpha > 0.5, what nerfstudio's point
     cloud keeps) the export stops with an error instead of collecting points forever. 0 disables the check."""
-    opacity_probe_rays: int = 4096
-    """About how many rays that check renders."""
+    opacity_probe_rays: int = 32768
+    """About how many rays that check renders, on a regular grid of the export orbit's pixels; the export then
+    draws its rays only from the grid cells that came out opaque and their neighbours."""
+    export_orbit_cameras: int = 128
+    """Test mode (ns-export): rays come from this many virtual cameras spread evenly over a sphere around the
+    display object (canonical distance and focal), each ray through a uniformly random sub-pixel position, so
+    that a million points are a million distinct surface samples, seen from every side (a feed-forward model
+    renders any camera). The display object's own few views would repeat their pixels."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -259,7 +265,7 @@ class ObjectViewsDataset(Dataset):
 
     def load_view(self, obj: ObjectViews, view: int) -> np.ndarray:
         """Decoded RGBA of one view, checked against transforms.json's size."""
-        rgba = load_rgba(obj.image_paths[view], obj.source)
+        rgba = load_rgba(obj.image_paths[view], obj.source, max_pixels=obj.max_pixels)
         check_image_size(obj, view, rgba.shape[1], rgba.shape[0])
         return rgba
 
@@ -283,7 +289,7 @@ class ObjectViewsDataset(Dataset):
             raise DatasetFormatError(
                 f"{obj.root / 'transforms.json'}: load_depth is set but frames lack depth_file_path"
             )
-        d = load_depth(obj.depth_paths[view], self.config.depth_unit_scale_factor, obj.source)
+        d = load_depth(obj.depth_paths[view], self.config.depth_unit_scale_factor, obj.source, obj.max_pixels)
         return torch.from_numpy(d)[None]
 
     def _sample(self, obj: ObjectViews, rng: np.random.Generator, bg: np.ndarray) -> dict[str, Any]:
@@ -336,6 +342,7 @@ class ObjectViewsDataset(Dataset):
         else:
             bg = _bg_color(cfg.background, rng)
         object_id = item.object_id
+        bad: list[tuple[str, str]] = []  # reported (once each) and counted by the main process: see _assemble
         for _ in range(20):
             try:
                 out = self._sample(self.parser.load_object(object_id), rng, bg)
@@ -344,20 +351,27 @@ class ObjectViewsDataset(Dataset):
                 self.parser.mark_bad(object_id, str(err))
                 if not self.parser.config.skip_bad_objects:
                     return {"error": str(err)}  # re-raised in the main process with the path-first message
-                warnings.warn(f"skipping bad object {object_id!r}: {err}", UserWarning, stacklevel=2)
+                bad.append((object_id, str(err)))
                 ids = self.parser.object_ids(item.split)
                 object_id = ids[int(rng.integers(len(ids)))]
         else:
-            return {"error": f"{self.parser.data}: too many bad objects in split {item.split!r}"}
+            first = bad[0][1]  # errors start with the offending file
+            return {
+                "error": f"{first} -- and {len(bad) - 1} more bad objects of split {item.split!r} in a row",
+                "bad": bad,
+            }
         out["step"], out["end_pos"] = item.step, (item.end_epoch, item.end_index)
+        out["bad"] = bad
         return out
 
 
 def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    bad = [b for it in items for b in it.get("bad", [])]
     for it in items:
         if "error" in it:
-            return {"error": it["error"]}
+            return {"error": it["error"], "bad": bad}
     out: dict[str, Any] = {k: torch.stack([it[k] for it in items]) for k in items[0] if isinstance(items[0][k], Tensor)}
+    out["bad"] = bad
     out["object_ids"] = [it["object_id"] for it in items]
     out["step"], out["end_pos"] = items[0]["step"], items[-1]["end_pos"]
     return out
@@ -568,7 +582,17 @@ class LRMDataManager(VanillaDataManager):
         if not self.dataparser.object_ids(split):
             raise DatasetFormatError(f"{self.dataparser.data / 'dataset.json'}: split {split!r} has no objects")
 
+    def _count_bad(self, data: dict[str, Any]) -> None:
+        """Report each bad object the loaders skipped once, log the count, stop past max_bad_fraction."""
+        tracker = self.dataparser.tracker
+        tracker.total = len(self.dataparser.object_ids("train"))
+        new = [tracker.report(oid, err) for oid, err in data.get("bad", [])]
+        if any(new):
+            writer.put_scalar("Data/bad_objects", len(tracker.bad), self.train_count)
+        tracker.see(list(data.get("object_ids", [])))
+
     def _assemble(self, data: dict[str, Any]) -> tuple[RayBundle, dict[str, Any]]:
+        self._count_bad(data)
         if "error" in data:
             raise DatasetFormatError(data["error"])
         n_obj, m, p = data["image"].shape[:3]
@@ -724,8 +748,14 @@ class LRMDataManager(VanillaDataManager):
             return str(self.dataparser.data)
         objs = self.dataparser.list_objects()
         for s in ("test", "val", "train"):
-            if objs.get(s):
-                return objs[s][0]
+            for oid in objs.get(s, [])[:20]:  # the first readable one: a bad first object must not stop a big run
+                try:
+                    self.dataparser.load_object(oid)
+                    return oid
+                except DatasetFormatError as err:
+                    if not self.dataparser.config.skip_bad_objects:
+                        raise
+                    self.dataparser.tracker.report(oid, str(err))
         raise DatasetFormatError(f"{self.dataparser.data}: no objects")
 
     def _is_object(self, ref: str) -> bool:
@@ -801,35 +831,94 @@ class LRMDataManager(VanillaDataManager):
         self._display = {"name": name, "source_image": image, "source_camera": camera, "bg": self._eval_bg()}
         self._display_batch = {"image": images, "alpha": alphas, "image_idx": torch.arange(len(cams))}
         self._display_checked = False  # the next test-mode rays run `before_display_rays` again
+        self._export_state: tuple[Cameras, torch.Generator] | None = None
+        self._export_cells: tuple[Tensor, int] | None = None
+
+    def _probe_stride(self, cameras: Cameras) -> int:
+        v, h, w = len(cameras), int(cameras.height[0]), int(cameras.width[0])
+        return max(1, math.ceil(math.sqrt(v * h * w / max(1, self.config.opacity_probe_rays))))
 
     def display_probe_rays(self) -> RayBundle:
-        """About `opacity_probe_rays` rays of the display object's views on a regular pixel grid (deterministic)."""
-        v, h, w = self._display_batch["image"].shape[:3]
-        stride = max(1, math.ceil(math.sqrt(v * h * w / max(1, self.config.opacity_probe_rays))))
+        """About `opacity_probe_rays` rays of the export orbit (`export_cameras`), one through the centre of each
+        stride x stride cell of every camera's image (deterministic): what the test-mode rays see."""
+        cameras = self.export_cameras()
+        v, h, w, stride = len(cameras), int(cameras.height[0]), int(cameras.width[0]), self._probe_stride(cameras)
         grid = torch.meshgrid(
             torch.arange(v), torch.arange(stride // 2, h, stride), torch.arange(stride // 2, w, stride), indexing="ij"
         )
-        return self._display_rays(torch.stack(grid, -1).reshape(-1, 3))
+        indices = torch.stack(grid, -1).reshape(-1, 3)
+        return self._export_bundle(cameras, indices[:, :1], indices[:, 1:].float() + 0.5)
 
-    def _next_display_rays(self) -> tuple[RayBundle, dict]:
-        if self.before_display_rays is not None and not self._display_checked:
-            self._display_checked = True
-            self.before_display_rays()
-        batch = self.train_pixel_sampler.sample(self._display_batch)
-        ray_bundle = self._display_rays(batch["indices"])
-        batch["source_images"] = self._display["source_image"][None]
-        batch["source_cameras"] = self._display["source_camera"][None]
-        batch["object_ids"] = [self._display["name"]]
-        return self._to_device(ray_bundle, batch)
+    def set_export_opacity(self, alpha: Float[Tensor, "*rays"]) -> None:
+        """The accumulation of `display_probe_rays()`: from now on the display object's export rays come only
+        from the probe cells whose centre ray is opaque (alpha > 0.5, what nerfstudio keeps), so that most rays
+        become points (about one in seven did on a trained model). A silhouette strip thinner than a cell is left
+        out in one camera, but the orbit has other cameras that see that surface face on."""
+        cameras = self.export_cameras()
+        h, w, stride = int(cameras.height[0]), int(cameras.width[0]), self._probe_stride(cameras)
+        grid = (len(cameras), len(range(stride // 2, h, stride)), len(range(stride // 2, w, stride)))
+        cells = (alpha.detach().reshape(grid) > 0.5).nonzero()
+        self._export_cells = (cells, stride) if len(cells) else None
 
-    def _display_rays(self, indices: Tensor) -> RayBundle:
-        ray_bundle = self.train_ray_generator(indices)
+    # ------------------------------------------------------------------------------------ export mode (ns-export)
+    def export_cameras(self) -> Cameras:
+        """The test-mode orbit: `export_orbit_cameras` cameras on a Fibonacci sphere at the canonical distance,
+        looking at the origin with the canonical focal, `eval_resolution` pixels a side."""
+        n, res = max(1, self.config.export_orbit_cameras), self.config.eval_resolution
+        z = 1.0 - 2.0 * (np.arange(n) + 0.5) / n
+        azimuth = np.arange(n) * math.pi * (3.0 - math.sqrt(5.0))
+        ring = np.sqrt(1.0 - z**2)
+        eyes = CANONICAL_DISTANCE * np.stack([ring * np.cos(azimuth), ring * np.sin(azimuth), z], -1)
+        focal = CANONICAL_FOCAL * res
+        return Cameras(
+            camera_to_worlds=torch.from_numpy(np.stack([look_at(eye) for eye in eyes])).float(),
+            fx=torch.full((n, 1), focal),
+            fy=torch.full((n, 1), focal),
+            cx=torch.full((n, 1), res / 2),
+            cy=torch.full((n, 1), res / 2),
+            width=torch.full((n, 1), res, dtype=torch.long),
+            height=torch.full((n, 1), res, dtype=torch.long),
+            camera_type=CameraType.PERSPECTIVE,
+        )
+
+    def export_rays(self, num_rays: int) -> RayBundle:
+        """`num_rays` distinct rays of the display object for ns-export: each from a random orbit camera through a
+        uniformly random point of its image (sub-pixel), from a generator seeded once per display object."""
+        if self._export_state is None:  # reset by set_display_object
+            self._export_state = (self.export_cameras(), torch.Generator().manual_seed(self.config.seed))
+        cameras, generator = self._export_state
+        size = torch.tensor([float(cameras.height[0]), float(cameras.width[0])])
+        if self._export_cells is None:
+            camera_indices = torch.randint(len(cameras), (num_rays, 1), generator=generator)
+            coords = torch.rand(num_rays, 2, generator=generator) * size  # (y, x) positions, pixel centres at +0.5
+        else:
+            cells, stride = self._export_cells
+            chosen = cells[torch.randint(len(cells), (num_rays,), generator=generator)]
+            camera_indices = chosen[:, :1]
+            coords = (chosen[:, 1:] + torch.rand(num_rays, 2, generator=generator)) * stride
+            coords = torch.minimum(coords, size * (1 - 1e-6))  # the last cell of a side may be cut short
+        return self._export_bundle(cameras, camera_indices, coords)
+
+    def _export_bundle(self, cameras: Cameras, camera_indices: Tensor, coords: Tensor) -> RayBundle:
+        # nerfstudio adds no half-pixel offset to explicit coords: they are the image positions themselves
+        ray_bundle = cameras.generate_rays(camera_indices=camera_indices, coords=coords, disable_distortion=True)
         n = len(ray_bundle)
         zeros = torch.zeros(n, 1, dtype=torch.long)
         ray_bundle.camera_indices = zeros
         bg = torch.from_numpy(self._display["bg"]).expand(n, 3).contiguous()
         ray_bundle.metadata = {**(ray_bundle.metadata or {}), "object_index": zeros, "background_color": bg}
         return ray_bundle.to(self.device)
+
+    def _next_display_rays(self) -> tuple[RayBundle, dict]:
+        if self.before_display_rays is not None and not self._display_checked:
+            self._display_checked = True
+            self.before_display_rays()
+        ray_bundle = self.export_rays(self.train_pixel_sampler.num_rays_per_batch)
+        batch: dict[str, Any] = {}
+        batch["source_images"] = self._display["source_image"][None]
+        batch["source_cameras"] = self._display["source_camera"][None]
+        batch["object_ids"] = [self._display["name"]]
+        return self._to_device(ray_bundle, batch)
 
 
 def _worker_init(_: int) -> None:

@@ -11,8 +11,13 @@ Scaling to 100k+ objects: setup reads only dataset.json (and a sharded dataset's
   per DataLoader worker), so memory does not grow with the dataset. No cache file is written: re-parsing a small
   transforms.json costs far less than decoding the object's images, which happens anyway when it is used.
 
-A bad object raises :class:`DatasetFormatError` naming the file, or, with `skip_bad_objects`, is dropped with a
-warning (eager mode: dropped from the listing; lazy mode: replaced by another object of the same split).
+A bad object is reported once (file and problem), dropped and counted (eager mode: dropped from the listing; lazy
+mode: replaced by another object of the same split, counted in the training log as `Data/bad_objects`). The run stops
+with a DatasetFormatError only when more than `max_bad_fraction` of the objects seen are bad (`BadObjectTracker`).
+Without `skip_bad_objects` the first bad object stops it.
+
+Besides dataset.json folders (and their tar shards), `--data` may be a folder of OpenLRM renders or of nerfstudio-data
+object folders, read in place (`lrm_nerfstudio.data.layouts`).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from nerfstudio.data.dataparsers.base_dataparser import DataParser, DataParserCo
 from nerfstudio.data.scene_box import SceneBox
 
 from lrm_nerfstudio.data.dataset_format import (
+    DEFAULT_MAX_PIXELS,
     SPLITS,
     DatasetFormatError,
     DatasetIndex,
@@ -36,6 +42,7 @@ from lrm_nerfstudio.data.dataset_format import (
     read_dataset_json,
     read_object,
 )
+from lrm_nerfstudio.data.layouts import FolderLayout, LayoutOptions, detect_layout
 from lrm_nerfstudio.data.shards import ShardIndex, is_sharded
 
 
@@ -44,8 +51,49 @@ def unit_scene_box() -> SceneBox:
     return SceneBox(aabb=torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]]))
 
 
+class BadObjectTracker:
+    """Counts bad objects among the objects seen; each bad one is reported once. Raises when too many are bad.
+
+    The limit applies once `min(100, total)` objects have been seen, so that one early bad object does not stop a
+    run whose bad fraction is small.
+    """
+
+    def __init__(self, data: Path, max_bad_fraction: float, total: int) -> None:
+        self.data, self.max_bad_fraction, self.total = data, max_bad_fraction, total
+        self.seen: set[str] = set()
+        self.bad: dict[str, str] = {}
+
+    def see(self, object_ids: list[str]) -> None:
+        """Objects used (good ones)."""
+        self.seen.update(object_ids)
+        self.check()
+
+    def report(self, object_id: str, error: str) -> bool:
+        """A bad object; warns the first time (returns whether it was new) and checks the limit."""
+        self.seen.add(object_id)
+        new = object_id not in self.bad
+        if new:
+            self.bad[object_id] = error
+            warnings.warn(f"skipping bad object {object_id!r}: {error}", UserWarning, stacklevel=2)
+        self.check()
+        return new
+
+    def check(self) -> None:
+        """Raise DatasetFormatError when more than max_bad_fraction of the objects seen are bad."""
+        n_bad, n_seen = len(self.bad), len(self.seen)
+        if not n_bad or n_seen < min(100, max(1, self.total)):
+            return
+        if n_bad > self.max_bad_fraction * n_seen:
+            first = next(iter(self.bad.values()))  # the message starts with the first bad file, as every data error
+            raise DatasetFormatError(
+                f"{first} -- {n_bad} of the {n_seen} objects of {self.data} seen so far are bad, more than "
+                f"max_bad_fraction={self.max_bad_fraction:g} (fix the data, or raise "
+                "--pipeline.datamanager.dataparser.max-bad-fraction to skip them)"
+            )
+
+
 @dataclass
-class LRMDataParserConfig(DataParserConfig):
+class LRMDataParserConfig(DataParserConfig, LayoutOptions):
     """Multi-object lrm-multiview dataset, or one image for inference."""
 
     _target: type = field(default_factory=lambda: LRMDataParser)
@@ -54,10 +102,14 @@ class LRMDataParserConfig(DataParserConfig):
     """Dataset folder holding dataset.json, or one image file (inference mode)."""
     eager_validation_max_objects: int = 2000
     """Validate every object (transforms.json + image headers) at setup when there are at most this many."""
-    skip_bad_objects: bool = False
-    """Drop bad objects with a warning instead of raising."""
+    skip_bad_objects: bool = True
+    """Drop bad objects (reported once each, counted) instead of stopping at the first one."""
+    max_bad_fraction: float = 0.01
+    """With skip_bad_objects: stop when more than this fraction of the objects seen are bad."""
     object_cache_size: int = 1024
     """Parsed transforms.json kept per process (LRU); bounds memory on huge datasets."""
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    """Largest width * height of a dataset image, checked from its header before decoding (decompression-bomb guard)."""
 
 
 class LRMDataParser(DataParser):
@@ -78,6 +130,10 @@ class LRMDataParser(DataParser):
         self.index: DatasetIndex | None = None
         self.shards: ShardIndex | None = None
         """Which tar shard holds each object, for a dataset packed by `lrm-pack-shards` (None: object folders)."""
+        self.layout: FolderLayout | None = None
+        """An OpenLRM or nerfstudio-folders dataset read in place (None: dataset.json)."""
+        self.tracker = BadObjectTracker(self.data, config.max_bad_fraction, 0)
+        """Bad objects met so far (in this process; the datamanager's main process counts those of its workers)."""
         if is_image_path(self.data):
             if not self.data.is_file():
                 raise DatasetFormatError(f"{self.data}: image file does not exist")
@@ -89,9 +145,15 @@ class LRMDataParser(DataParser):
                     f"{self.data}: not a dataset folder (no such directory) nor an image file "
                     f"(pass --data DATASET_DIR or --data photo.png)"
                 )
-            self.index = read_dataset_json(self.data)
-            self.shards = ShardIndex(self.index) if is_sharded(self.index) else None
+            kind = detect_layout(self.data, config)
+            if kind == "lrm-multiview":
+                self.index = read_dataset_json(self.data)
+                self.shards = ShardIndex(self.index) if is_sharded(self.index) else None
+            else:
+                self.layout = FolderLayout(self.data, kind, config)
+                self.index = self.layout.index
             total = sum(len(v) for v in self.index.splits.values())
+            self.tracker = BadObjectTracker(self.data, config.max_bad_fraction, total)
             self.eager = total <= config.eager_validation_max_objects
             if self.eager:
                 self._validate_all()
@@ -135,13 +197,15 @@ class LRMDataParser(DataParser):
                 except DatasetFormatError as err:
                     if not self.config.skip_bad_objects:
                         raise
-                    warnings.warn(f"skipping bad object {oid!r}: {err}", UserWarning, stacklevel=2)
                     self._bad[oid] = str(err)
+                    self.tracker.report(oid, str(err))
             if self.config.skip_bad_objects and not kept and self.index.splits[split]:
+                first = self._bad[self.index.splits[split][0]]
                 raise DatasetFormatError(
-                    f"{self.index.root / 'dataset.json'}: every object of split {split!r} is bad (see warnings)"
+                    f"{first} -- every object of split {split!r} of {self.data} is bad (see the warnings)"
                 )
             self.index.splits[split] = kept
+            self.tracker.see(kept)
 
     def load_object(self, object_id: str) -> ObjectViews:
         """Parsed (and in lazy mode, validated) views of one object; LRU-cached.
@@ -170,8 +234,16 @@ class LRMDataParser(DataParser):
     def _read_object(self, object_id: str, check_images: bool) -> ObjectViews:
         assert self.index is not None
         if self.shards is not None:
-            return self.shards.read_object(object_id, check_images=check_images)
-        return read_object(self.index.root / object_id, object_id, check_images=check_images)
+            return self.shards.read_object(object_id, check_images=check_images, max_pixels=self.config.max_pixels)
+        if self.layout is not None:
+            return self.layout.read_object(object_id, check_images=check_images)
+        return read_object(
+            self.index.root / object_id,
+            object_id,
+            check_images=check_images,
+            dataset_root=self.index.root,
+            max_pixels=self.config.max_pixels,
+        )
 
     def mark_bad(self, object_id: str, error: str) -> None:
         """Remember that an object failed (e.g. an image did not decode) so it is not retried."""

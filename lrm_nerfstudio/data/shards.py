@@ -17,6 +17,9 @@ of the form `<shard.tar>/<object_id>/<file>`, so the dataset format's errors nam
 
     lrm-pack-shards --dataset data/procedural --output data/procedural-shards --num-shards 8
     ns-train lrm-tiny --data data/procedural-shards
+
+`--dataset` may also be OpenLRM renders or a folder of nerfstudio-data object folders (`data/layouts.py`); their
+objects are packed as lrm-multiview objects (an OpenLRM object gets a transforms.json beside its rgba/ images).
 """
 
 from __future__ import annotations
@@ -25,14 +28,25 @@ import io
 import json
 import os
 import posixpath
+import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import tyro
 
-from lrm_nerfstudio.data.dataset_format import SPLITS, DatasetFormatError, DatasetIndex, ObjectViews, read_dataset_json
+from lrm_nerfstudio.data.dataset_format import (
+    DEFAULT_MAX_PIXELS,
+    SPLITS,
+    DatasetFormatError,
+    DatasetIndex,
+    ObjectViews,
+    contained_path,
+    read_dataset_json,
+)
 from lrm_nerfstudio.data.dataset_format import read_object as read_object_folder
+from lrm_nerfstudio.data.layouts import FolderLayout, LayoutOptions, detect_layout
 
 SHARD_INDEX_FORMAT = "lrm-shards"
 """Value of the "format" key of shards.json."""
@@ -99,7 +113,7 @@ class ShardIndex:
         if not isinstance(storage, dict) or storage.get("type") != STORAGE_TYPE:
             raise _fail(dataset_json, f"'storage' is {storage!r}, expected {{'type': {STORAGE_TYPE!r}, 'index': ...}}")
         name = storage.get("index", "shards.json")
-        self.path = index.root / str(name)
+        self.path = contained_path(dataset_json, "storage.index", str(name), index.root, index.root, None)
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError as err:
@@ -111,7 +125,10 @@ class ShardIndex:
         shards, objects = data.get("shards"), data.get("objects")
         if not isinstance(shards, list) or not isinstance(objects, dict):
             raise _fail(self.path, "needs a 'shards' list and an 'objects' mapping", "re-run lrm-pack-shards")
-        self.shards = [index.root / str(s) for s in shards]
+        self.shards = [
+            contained_path(self.path, f"shards[{i}]", str(s), index.root, index.root, None)
+            for i, s in enumerate(shards)
+        ]
         self.objects: dict[str, tuple[int, int, int]] = {}
         for oid, entry in objects.items():
             ok = isinstance(entry, list) and len(entry) == 3 and all(isinstance(v, int) for v in entry)
@@ -163,10 +180,12 @@ class ShardIndex:
             )
         return ObjectArchive(shard=shard, members=members)
 
-    def read_object(self, object_id: str, check_images: bool) -> ObjectViews:
+    def read_object(self, object_id: str, check_images: bool, max_pixels: int = DEFAULT_MAX_PIXELS) -> ObjectViews:
         """Parse (and validate) one object from its shard, as `dataset_format.read_object` does for a folder."""
         archive = self.archive(object_id)
-        return read_object_folder(archive.shard / object_id, object_id, check_images=check_images, source=archive)
+        return read_object_folder(
+            archive.shard / object_id, object_id, check_images=check_images, source=archive, max_pixels=max_pixels
+        )
 
 
 def is_sharded(index: DatasetIndex) -> bool:
@@ -177,11 +196,11 @@ def is_sharded(index: DatasetIndex) -> bool:
 
 # ----------------------------------------------------------------------------------------------------- packing
 @dataclass
-class PackShardsConfig:
+class PackShardsConfig(LayoutOptions):
     """Pack an lrm-multiview dataset folder into tar shards of whole objects plus an index."""
 
     dataset: Path = Path("data/lrm")
-    """Dataset folder holding dataset.json and the object folders."""
+    """Dataset folder holding dataset.json and the object folders (or OpenLRM renders, or nerfstudio-data folders)."""
     output: Path = Path("data/lrm-shards")
     """Folder to write dataset.json, shards.json and shards/*.tar into (must not hold a dataset yet)."""
     num_shards: int = 8
@@ -190,8 +209,36 @@ class PackShardsConfig:
     """Validate every object (transforms.json and image headers) before packing."""
 
 
-def _object_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+def _object_files(folder: Path, dataset_root: Path) -> list[tuple[Path, Path]]:
+    """(path in the object folder, its real file) of every file to pack, refused if one resolves outside the dataset.
+
+    A symlink is packed as the file it points to (a tar symlink member would be unreadable from the shard), so it
+    must not lead out of the dataset: packing would otherwise copy, say, a home-directory file into shared shards.
+    """
+    return _contained((p for p in sorted(folder.rglob("*")) if not p.name.startswith(".") and p.is_file()), dataset_root)
+
+
+def _contained(paths, dataset_root: Path) -> list[tuple[Path, Path]]:
+    """(path, its real file) of each path, refused when the real file lies outside `dataset_root`."""
+    base = os.path.realpath(dataset_root)
+    files = []
+    for p in paths:
+        real = os.path.realpath(p)
+        if os.path.commonpath([real, base]) != base:
+            raise _fail(p, f"resolves to {real}, outside the dataset folder {base}", "copy the file into the dataset")
+        files.append((p, Path(real)))
+    return files
+
+
+def openlrm_transforms(obj: ObjectViews) -> dict:
+    """transforms.json of an OpenLRM object (its rgba/ images, poses and intrinsics), for packing."""
+    fx, fy, cx, cy, w, h = obj.intrinsics[0].tolist()
+    frames = []
+    for path, c2w in zip(obj.image_paths, obj.c2w):
+        matrix = np.concatenate([c2w.astype(np.float64), [[0.0, 0.0, 0.0, 1.0]]]).tolist()
+        frames.append({"file_path": f"rgba/{path.name}", "transform_matrix": matrix})
+    return {"camera_model": "PINHOLE", "fl_x": fx, "fl_y": fy, "cx": cx, "cy": cy, "w": int(w), "h": int(h),
+            "source_view": 0, "frames": frames}  # fmt: skip
 
 
 def pack_shards(config: PackShardsConfig) -> Path:
@@ -203,14 +250,30 @@ def pack_shards(config: PackShardsConfig) -> Path:
     """
     if config.num_shards < 1:
         raise ValueError(f"num_shards must be >= 1, got {config.num_shards}")
-    index = read_dataset_json(config.dataset)
+    kind = detect_layout(Path(config.dataset), config)
+    layout = None if kind == "lrm-multiview" else FolderLayout(Path(config.dataset), kind, config)
+    index = read_dataset_json(config.dataset) if layout is None else layout.index
     out = Path(config.output)
     if (out / "dataset.json").exists():
         raise _fail(out / "dataset.json", "output folder already holds a dataset", "choose an empty --output")
     ids = [oid for split in SPLITS for oid in index.splits[split]]
-    if config.validate:
-        for oid in ids:
-            read_object_folder(index.root / oid, oid, check_images=True)
+    def members(oid: str) -> list[tuple[str, Path | bytes]]:
+        """(name inside the object, real file or bytes) of one object; every file must lie inside its dataset."""
+        if layout is None:
+            folder, root = index.root / oid, index.root
+            # containment of every path transforms.json names is checked whether or not images are validated
+            read_object_folder(folder, oid, check_images=config.validate, dataset_root=root)
+        else:
+            obj = layout.read_object(oid, check_images=config.validate)
+            folder, root = obj.root, obj.root.parent
+            if kind == "openlrm":
+                text = json.dumps(openlrm_transforms(obj), indent=1).encode()
+                images = [(f"rgba/{p.name}", real) for p, real in _contained(obj.image_paths, root)]
+                return [("transforms.json", text), *images]
+        return [(p.relative_to(folder).as_posix(), real) for p, real in _object_files(folder, root)]
+
+    # everything is read and checked before the first byte is written: a refused dataset leaves no output
+    files = {oid: members(oid) for oid in ids}
     num_shards = min(config.num_shards, len(ids))
     (out / "shards").mkdir(parents=True, exist_ok=True)
     shard_names, objects = [], {}
@@ -222,20 +285,23 @@ def pack_shards(config: PackShardsConfig) -> Path:
         with open(tmp, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
             for oid in chunk:
                 start = tar.offset
-                for path in _object_files(index.root / oid):
-                    info = tar.gettarinfo(str(path), arcname=f"{oid}/{path.relative_to(index.root / oid).as_posix()}")
-                    info.uid = info.gid = 0
-                    info.uname = info.gname = ""
+                for member, item in files[oid]:
+                    data = item if isinstance(item, bytes) else Path(item).read_bytes()
+                    info = tarfile.TarInfo(f"{oid}/{member}")
+                    info.size, info.mode = len(data), 0o644
                     info.mtime = 0  # byte-identical shards for identical input
-                    with open(path, "rb") as member:
-                        tar.addfile(info, member)
+                    tar.addfile(info, io.BytesIO(data))
                 objects[oid] = [s, start, tar.offset]
         os.replace(tmp, out / name)
     (out / "shards.json").write_text(
         json.dumps({"format": SHARD_INDEX_FORMAT, "version": 1, "shards": shard_names, "objects": objects}),
         encoding="utf-8",
     )
-    meta = json.loads((index.root / "dataset.json").read_text(encoding="utf-8"))
+    if layout is None:
+        meta = json.loads((index.root / "dataset.json").read_text(encoding="utf-8"))
+    else:
+        splits = {split: v for split, v in index.splits.items() if v}
+        meta = {"format": "lrm-multiview", "version": 1, "splits": splits, "packed_from": kind}
     meta["storage"] = {"type": STORAGE_TYPE, "index": "shards.json"}
     tmp = out / "dataset.json.partial"
     tmp.write_text(json.dumps(meta, indent=1), encoding="utf-8")
@@ -243,15 +309,21 @@ def pack_shards(config: PackShardsConfig) -> Path:
     return out
 
 
-def main(config: PackShardsConfig) -> None:
-    out = pack_shards(config)
+def main(config: PackShardsConfig) -> int:
+    """Pack; returns the exit status (2 for a refused dataset, with one message naming the file)."""
+    try:
+        out = pack_shards(config)
+    except ValueError as err:  # DatasetFormatError is one
+        print(f"lrm-pack-shards: {err}", file=sys.stderr)
+        return 2
     shards = json.loads((out / "shards.json").read_text(encoding="utf-8"))
     print(f"{out}: {len(shards['objects'])} objects in {len(shards['shards'])} shards")
+    return 0
 
 
 def entrypoint() -> None:
     """Command-line entry point (`lrm-pack-shards`)."""
-    main(tyro.cli(PackShardsConfig))
+    sys.exit(main(tyro.cli(PackShardsConfig)))
 
 
 if __name__ == "__main__":

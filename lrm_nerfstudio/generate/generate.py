@@ -3,6 +3,9 @@
 Each object i is drawn from its own random stream seeded by (seed, i), so the output is byte-identical for one seed
 whatever the worker count, and a killed run resumes where it stopped (finished object folders are skipped).
 
+A job can be split over machines: `--shard I/N` makes only shard I's objects; the same command without `--shard`
+then merges (renders nothing, writes dataset.json, names missing objects; `lrm_nerfstudio.generate.shard_job`).
+
 Example:
     lrm-generate --output data/procedural --num-objects 128 --num-views 32 --resolution 128 --workers 2
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +24,7 @@ from typing import Any
 import numpy as np
 import tyro
 
+from lrm_nerfstudio.data.sharding import parse_shard
 from lrm_nerfstudio.generate.dataset_writer import (
     CONSOLE,
     check_output_dir,
@@ -40,6 +45,14 @@ from lrm_nerfstudio.generate.renderer import (
     sample_views,
 )
 from lrm_nerfstudio.generate.shapes import ShapeConfig, make_object
+from lrm_nerfstudio.generate.shard_job import (
+    ShardMergeError,
+    check_merge,
+    clean_own_temporaries,
+    end_merge,
+    read_shard_records,
+    write_shard_record,
+)
 from lrm_nerfstudio.generate.textures import TextureConfig, random_texture, triplanar
 
 
@@ -65,6 +78,9 @@ class GenerateConfig:
     """Fraction of objects for each of val and test (at least 1 each once there are 3 or more objects)."""
     progress: bool = True
     """Show a progress bar."""
+    shard: str | None = None
+    """Make only shard I of N (`I/N`, e.g. `$SLURM_ARRAY_TASK_ID/64`) into the shared --output; dataset.json is then
+    written by the merge: the same command without --shard."""
     shapes: ShapeConfig = field(default_factory=ShapeConfig)
     """Primitives and augmentations."""
     textures: TextureConfig = field(default_factory=TextureConfig)
@@ -83,7 +99,7 @@ def object_id(index: int) -> str:
 def recorded_config(config: GenerateConfig) -> dict[str, Any]:
     """The config as recorded in the dataset: everything that changes the bytes written (not output, workers)."""
     record = dataclasses.asdict(config)
-    for key in ("output", "workers", "progress", "num_objects"):
+    for key in ("output", "workers", "progress", "num_objects", "shard"):
         record.pop(key)
     return json.loads(json.dumps(record))  # tuples -> lists, as read back
 
@@ -138,46 +154,70 @@ def validate(config: GenerateConfig) -> None:
 
 
 def main(config: GenerateConfig) -> dict[str, Any]:
-    """Generate (or finish generating) the dataset; return a summary."""
+    """Generate (or finish generating, or merge the shards of) the dataset; return a summary.
+
+    Raises:
+        ShardMergeError: merging, and some object is missing (named, with its shard).
+    """
     validate(config)
+    shard = parse_shard(config.shard)
     root = Path(config.output)
     check_output_dir(root)
-    clean_stale_temporaries(root)
     stamp = config_stamp(config)
+    ids = [object_id(i) for i in range(config.num_objects)]
+    merging = shard is None and bool(read_shard_records(root))
+    if shard is None and not merging:
+        clean_stale_temporaries(root)
+    elif shard is not None:
+        clean_own_temporaries(root, shard.owns)
+        write_shard_record(root, shard, stamp, finished=False)
     todo = []
     for index in range(config.num_objects):
-        found = finished_stamp(root, object_id(index))
+        if shard is not None and not shard.owns(ids[index]):
+            continue
+        found = finished_stamp(root, ids[index])
         if found is None:
             todo.append(index)
         elif found != stamp:
             raise ValueError(
-                f"{root / object_id(index)}: made with a different generator config (stamp {found}, now {stamp}); "
+                f"{root / ids[index]}: made with a different generator config (stamp {found}, now {stamp}); "
                 "use a new --output or the original settings"
             )
+    if merging:
+        check_merge(root, ids, lambda oid: finished_stamp(root, oid) == stamp, stamp)
+        todo = []
     start = time.perf_counter()
     jobs = [(config, index, stamp) for index in todo]
     run_jobs(generate_object, jobs, config.workers, "objects", show_progress=config.progress)
     seconds = time.perf_counter() - start
-    ids = [object_id(i) for i in range(config.num_objects)]
-    write_dataset_json(
-        root,
-        ids,
-        config.holdout_fraction,
-        {
-            "camera": config.cameras.dataset_record(),
-            "generator": {"name": "lrm-generate", "stamp": stamp, "config": recorded_config(config)},
-        },
-    )
+    if shard is not None:
+        write_shard_record(root, shard, stamp, finished=True)
+    else:
+        write_dataset_json(
+            root,
+            ids,
+            config.holdout_fraction,
+            {
+                "camera": config.cameras.dataset_record(),
+                "generator": {"name": "lrm-generate", "stamp": stamp, "config": recorded_config(config)},
+            },
+        )
+        if merging:
+            end_merge(root)
+    owned = config.num_objects if shard is None else len(shard.select(ids))
     summary = {
         "output": str(root),
-        "objects": config.num_objects,
+        "objects": owned,
         "rendered": len(todo),
-        "skipped_finished": config.num_objects - len(todo),
+        "skipped_finished": owned - len(todo),
         "seconds": round(seconds, 3),
+        "shard": None if shard is None else str(shard),
+        "merged": merging,
     }
     if config.progress:
+        what = f"shard {shard}: " if shard is not None else "merged the shards: " if merging else ""
         CONSOLE.print(
-            f"[green]{root}: {len(todo)} objects rendered, {summary['skipped_finished']} already finished, "
+            f"[green]{root}: {what}{len(todo)} objects rendered, {summary['skipped_finished']} already finished, "
             f"{seconds:.1f} s"
         )
     return summary
@@ -185,7 +225,11 @@ def main(config: GenerateConfig) -> dict[str, Any]:
 
 def entrypoint() -> None:
     """CLI entry point (`lrm-generate`)."""
-    main(tyro.cli(GenerateConfig))
+    try:
+        main(tyro.cli(GenerateConfig))
+    except ShardMergeError as err:
+        CONSOLE.print(f"[bold red]lrm-generate: {err}", highlight=False, soft_wrap=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

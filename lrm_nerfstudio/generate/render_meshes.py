@@ -4,6 +4,9 @@ Each mesh is normalised into the [-1, 1]^3 box, then rendered with its image tex
 face colours, or a default material. A mesh that cannot be used (unreadable, empty, degenerate, non-finite) is
 reported by name and skipped; the run goes on.
 
+`--shard I/N` renders only shard I's meshes; the same command without it then merges the shards (renders nothing,
+writes dataset.json, names missing objects; `lrm_nerfstudio.generate.shard_job`).
+
 Examples:
     lrm-render-meshes --input my_meshes --output data/my_meshes --num-views 32 --resolution 256
     lrm-render-meshes --input gso --output data/gso-eval --num-views 17 --orbit --all-in-split test   # for lrm-eval
@@ -14,7 +17,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 import tyro
 
+from lrm_nerfstudio.data.sharding import parse_shard
 from lrm_nerfstudio.generate.dataset_writer import (
     CONSOLE,
     check_output_dir,
@@ -46,6 +52,14 @@ from lrm_nerfstudio.generate.renderer import (
     sample_views,
 )
 from lrm_nerfstudio.generate.shapes import normalize_vertices
+from lrm_nerfstudio.generate.shard_job import (
+    ShardMergeError,
+    check_merge,
+    clean_own_temporaries,
+    end_merge,
+    read_shard_records,
+    write_shard_record,
+)
 
 MESH_SUFFIXES = (".obj", ".glb", ".gltf", ".ply", ".stl")
 
@@ -89,6 +103,9 @@ class RenderMeshesConfig:
     """Elevation of the orbit views in degrees (with --orbit)."""
     all_in_split: Literal["train", "val", "test"] | None = None
     """Put every object into this split (an evaluation set: test); None: train / val / test by holdout_fraction."""
+    shard: str | None = None
+    """Render only shard I of N (`I/N`, e.g. `$SLURM_ARRAY_TASK_ID/64`) into the shared --output; dataset.json is then
+    written by the merge: the same command without --shard."""
 
 
 class BadMeshError(ValueError):
@@ -122,6 +139,17 @@ def _material_albedo(mesh, default: np.ndarray) -> Albedo:
     if kind == "face":
         return FaceColorAlbedo(_unit_color(visual.face_colors))
     return ConstantAlbedo(default)
+
+
+def check_inside(path: Path, root: Path) -> None:
+    """Refuse a mesh whose real file (symlinks followed) lies outside the input folder `root`.
+
+    Its textures and buffers need no check here: trimesh's file resolver only reads inside the mesh's own folder,
+    symlinks resolved.
+    """
+    real, base = os.path.realpath(path), os.path.realpath(root)
+    if os.path.commonpath([real, base]) != base:
+        raise BadMeshError(f"{path}: resolves to {real}, outside the input folder {base}; copy the mesh into it")
 
 
 def load_mesh(path: Path, default_color: tuple[float, float, float]):
@@ -188,7 +216,7 @@ def mesh_ids(paths: list[Path]) -> list[str]:
 def recorded_config(config: RenderMeshesConfig) -> dict[str, Any]:
     """Settings that change the bytes written (not input/output paths, workers or progress)."""
     record = dataclasses.asdict(config)
-    for key in ("input", "output", "workers", "progress", "all_in_split"):  # all_in_split changes no object
+    for key in ("input", "output", "workers", "progress", "all_in_split", "shard"):  # these change no object
         record.pop(key)
     if not config.orbit:  # so that datasets rendered before the option existed keep their stamp
         record.pop("orbit")
@@ -213,6 +241,7 @@ def orbit_record(config: RenderMeshesConfig) -> dict[str, Any]:
 def render_one(config: RenderMeshesConfig, index: int, path: Path, oid: str, stamp: str) -> tuple[str, str | None]:
     """Render one mesh into its folder; return (id, None) or (id, the problem) for a bad mesh."""
     try:
+        check_inside(path, Path(config.input))
         vertices, faces, albedo, colors = load_mesh(path, config.default_color)
         vertices = normalize_vertices(vertices, config.normalize_extent, config.normalize_radius)
         renderer = MeshRenderer(vertices, faces, albedo)
@@ -246,11 +275,21 @@ def main(config: RenderMeshesConfig) -> dict[str, Any]:
         raise ValueError(f"{src}: no mesh files ({', '.join(MESH_SUFFIXES)}) found")
     root = Path(config.output)
     check_output_dir(root)
-    clean_stale_temporaries(root)
+    shard = parse_shard(config.shard)
     stamp = hashlib.sha256(json.dumps(recorded_config(config), sort_keys=True).encode()).hexdigest()[:16]
     ids = mesh_ids(paths)
-    jobs, done = [], []
+    merging = shard is None and bool(read_shard_records(root))
+    if shard is None and not merging:
+        clean_stale_temporaries(root)
+    elif shard is not None:
+        clean_own_temporaries(root, shard.owns)
+        write_shard_record(root, shard, stamp, finished=False)
+    jobs, done, shard_bad = [], [], {}
+    if merging:
+        done, shard_bad = check_merge(root, ids, lambda oid: finished_stamp(root, oid) == stamp, stamp)
     for index, (path, oid) in enumerate(zip(paths, ids)):
+        if merging or (shard is not None and not shard.owns(oid)):
+            continue
         found = finished_stamp(root, oid)
         if found is None:
             jobs.append((config, index, path, oid, stamp))
@@ -259,10 +298,12 @@ def main(config: RenderMeshesConfig) -> dict[str, Any]:
         else:
             done.append(oid)
     results = run_jobs(render_one, jobs, config.workers, "meshes", show_progress=config.progress)
-    bad = {oid: reason for oid, reason in results if reason is not None}
+    bad = shard_bad | {oid: reason for oid, reason in results if reason is not None}
     rendered = [oid for oid, reason in results if reason is None]
     good = [oid for oid in ids if oid in set(rendered) | set(done)]
-    if good:
+    if shard is not None:
+        write_shard_record(root, shard, stamp, finished=True, bad=bad)
+    elif good:
         write_dataset_json(
             root,
             good,
@@ -273,9 +314,13 @@ def main(config: RenderMeshesConfig) -> dict[str, Any]:
             },
             splits=None if config.all_in_split is None else {config.all_in_split: good},
         )
+    if merging:
+        end_merge(root)
     summary = {
         "output": str(root),
-        "meshes": len(paths),
+        "shard": None if shard is None else str(shard),
+        "merged": merging,
+        "meshes": len(paths) if shard is None else len(shard.select(ids)),
         "rendered": len(rendered),
         "skipped_finished": len(done),
         "bad": len(bad),
@@ -292,7 +337,11 @@ def main(config: RenderMeshesConfig) -> dict[str, Any]:
 
 def entrypoint() -> None:
     """CLI entry point (`lrm-render-meshes`)."""
-    main(tyro.cli(RenderMeshesConfig))
+    try:
+        main(tyro.cli(RenderMeshesConfig))
+    except ShardMergeError as err:
+        CONSOLE.print(f"[bold red]lrm-render-meshes: {err}", highlight=False, soft_wrap=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

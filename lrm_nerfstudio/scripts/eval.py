@@ -11,7 +11,12 @@ For each object of `--split`, the model predicts one triplane from the object's 
 * time per stage (encode, decode, mesh, render, geometry) and the mesh's triangle count;
 * the same metrics for the background-only image and the silhouette ellipsoid (`lrm_nerfstudio.eval.baselines`).
 
-Written into `--output-dir`: metrics.json, metrics.csv, report.md, and per object `<id>/mesh.ply`,
+`--shard I/N` evaluates only shard I's objects (a stable hash of the id, as `lrm-generate --shard`) and writes only
+their `<id>/record.json`; the same command without `--shard` then merges: it evaluates nothing, names objects no shard
+finished (exit 1), and writes the summary files over all shards. `--data` may also be a folder of OpenLRM renders or
+of nerfstudio-data object folders (`lrm_nerfstudio.data.layouts`); `--split all` evaluates every object.
+
+Written into `--output-dir`: metrics.json, metrics.csv, report.md, and per object `<id>/record.json`, `<id>/mesh.ply`,
 `<id>/baseline_ellipsoid.ply` and the report's pictures. Bad objects never stop the run: a missing, unreadable or
 out-of-box mesh and an empty prediction are per-object notes. Exit status: 0 when every object was evaluated, 1 when
 some object could not be read at all, 2 for a bad model, dataset or split.
@@ -23,6 +28,8 @@ Examples:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 import time
 from copy import deepcopy
@@ -39,8 +46,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from lrm_nerfstudio.cameras import look_at, spherical_eye
-from lrm_nerfstudio.data.dataset_format import DatasetFormatError, ObjectViews, load_object_mesh
+from lrm_nerfstudio.data.dataset_format import SPLITS, DatasetFormatError, ObjectViews, load_object_mesh
+from lrm_nerfstudio.data.layouts import LayoutOptions, copy_layout_options
 from lrm_nerfstudio.data.lrm_datamanager import LRMDataManager
+from lrm_nerfstudio.data.sharding import parse_shard
 from lrm_nerfstudio.eval.baselines import (
     SHADED,
     EllipsoidFit,
@@ -63,6 +72,13 @@ from lrm_nerfstudio.eval.report import (
     summarize,
     write_png,
 )
+from lrm_nerfstudio.generate.shard_job import (
+    ShardMergeError,
+    check_merge,
+    end_merge,
+    read_shard_records,
+    write_shard_record,
+)
 from lrm_nerfstudio.mesh.marching_cubes import NoSurfaceError
 from lrm_nerfstudio.model.losses import PerceptualLoss
 from lrm_nerfstudio.scripts.export_weights import ModelLoadError
@@ -81,7 +97,7 @@ BOX_TOLERANCE = 1e-3
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(LayoutOptions):
     """Score an LRM's renders and meshes against a dataset's ground truth, with baselines and a report."""
 
     load_config: Path | None = None
@@ -89,11 +105,12 @@ class EvalConfig:
     weights: Path | None = None
     """Weights file written by lrm-export-weights (instead of --load-config)."""
     data: Path = Path("data/lrm")
-    """Dataset folder (lrm-generate, lrm-render-meshes or lrm-pack-shards output)."""
+    """Dataset folder (lrm-generate, lrm-render-meshes or lrm-pack-shards output, OpenLRM renders, or a folder of
+    nerfstudio-data object folders)."""
     output_dir: Path = Path("outputs/eval")
     """Folder of metrics.json, metrics.csv, report.md and one sub-folder per object."""
-    split: Literal["train", "val", "test"] = "test"
-    """Split of dataset.json to evaluate."""
+    split: Literal["train", "val", "test", "all"] = "test"
+    """Split to evaluate (all: every object of the dataset, whatever its split)."""
     max_objects: int | None = None
     """Evaluate the first this many objects of the split (None: all)."""
     align: Alignment = "none"
@@ -118,6 +135,9 @@ class EvalConfig:
     """Write the report's pictures (source, views, meshes) per object."""
     device: str | None = None
     """torch device; default cuda when available, else cpu."""
+    shard: str | None = None
+    """Evaluate only shard I of N (`I/N`) into the shared --output-dir; the summary files are then written by the
+    merge: the same command without --shard."""
 
 
 class EvalInputError(ValueError):
@@ -135,13 +155,18 @@ def open_dataset(loaded: LoadedModel, config: EvalConfig) -> tuple[LRMDataManage
         raise EvalInputError(f"{config.data}: not a dataset folder (pass --data DATASET, a folder with dataset.json)")
     dm_config = deepcopy(loaded.config.pipeline.datamanager)
     dm_config.data = dm_config.dataparser.data = Path(config.data)
+    copy_layout_options(config, dm_config.dataparser)
+    dm_config.dataparser.skip_bad_objects = False  # an unreadable object is a failed row of the report
     dm_config.num_workers = 0
     dm_config.display_object = None
     try:
         dm = dm_config.setup(device="cpu", test_mode="test")
-    except DatasetFormatError as err:
+    except (DatasetFormatError, ValueError) as err:
         raise EvalInputError(str(err)) from err
-    ids = dm.dataparser.object_ids(config.split)
+    if config.split == "all":
+        ids = [oid for split in SPLITS for oid in dm.dataparser.object_ids(split)]
+    else:
+        ids = dm.dataparser.object_ids(config.split)
     if not ids:
         present = [s for s, v in dm.list_objects().items() if v]
         raise EvalInputError(
@@ -335,6 +360,34 @@ def write_pictures(
     return pictures
 
 
+# ----------------------------------------------------------------------------------------------------- records
+RECORD_NAME = "record.json"
+"""Per-object result inside `<output-dir>/<id>/`: what a merge reads instead of evaluating again."""
+
+
+def eval_stamp(loaded: LoadedModel, config: EvalConfig) -> str:
+    """Hash of what changes an object's result (the model, its step, the data and the scoring settings)."""
+    settings = {k: v for k, v in vars(config).items() if k not in ("output_dir", "device", "shard", "max_objects",
+                                                                    "split")}  # fmt: skip
+    settings |= {"model": str(loaded.source), "step": loaded.step}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def write_record(out: Path, object_id: str, stamp: str, result: dict[str, Any]) -> None:
+    """`<id>/record.json`: {"stamp", and "record" (the object's metrics) or "failed" (why it was not read)}."""
+    text = json.dumps({"stamp": stamp, **result}, default=lambda v: v.item() if isinstance(v, np.generic) else str(v))
+    atomic_write(out / object_id / RECORD_NAME, text)
+
+
+def read_record(out: Path, object_id: str, stamp: str) -> dict[str, Any] | None:
+    """The object's record if it exists and was made with `stamp`; else None."""
+    try:
+        data = json.loads((out / object_id / RECORD_NAME).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) and data.get("stamp") == stamp else None
+
+
 # ----------------------------------------------------------------------------------------------------- run
 def _progress() -> Progress:
     columns = [TextColumn("[bold]lrm-eval"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"),
@@ -388,26 +441,60 @@ def main(config: EvalConfig) -> int:
     except (ModelLoadError, EvalInputError) as err:
         CONSOLE.print(f"[bold red]lrm-eval: {err}", soft_wrap=True, highlight=False)
         return 2
+    out = config.output_dir
+    try:
+        shard = parse_shard(config.shard)
+        out.mkdir(parents=True, exist_ok=True)
+        merging = shard is None and bool(read_shard_records(out))
+    except (ValueError, OSError) as err:
+        CONSOLE.print(f"[bold red]lrm-eval: {err}", soft_wrap=True, highlight=False)
+        return 2
+    stamp = eval_stamp(loaded, config)
+    todo = list(ids)
+    if shard is not None:  # a shard resumes: objects it already finished with these settings are kept
+        write_shard_record(out, shard, stamp, finished=False)
+        todo = [oid for oid in shard.select(ids) if read_record(out, oid, stamp) is None]
+    elif merging:
+        try:
+            check_merge(out, ids, lambda oid: read_record(out, oid, stamp) is not None, stamp)
+        except ValueError as err:  # ShardMergeError: missing objects named, exit 1; other settings: exit 2
+            CONSOLE.print(f"[bold red]lrm-eval: {err}", soft_wrap=True, highlight=False)
+            return 1 if isinstance(err, ShardMergeError) else 2
+        todo = []
     perceptual = PerceptualLoss(loaded.config.pipeline.model.perceptual_net).to(loaded.device)
-    config.output_dir.mkdir(parents=True, exist_ok=True)
-    CONSOLE.print(f"lrm-eval: {loaded.config.method_name} step {loaded.step} on {len(ids)} {config.split} objects "
-                  f"of {config.data} ({loaded.device})", highlight=False)  # fmt: skip
-    objects: list[dict[str, Any]] = []
-    failed: dict[str, str] = {}
+    what = f"shard {shard} of " if shard is not None else "the merged shards of " if merging else ""
+    CONSOLE.print(f"lrm-eval: {loaded.config.method_name} step {loaded.step} on {what}{len(todo)} {config.split} "
+                  f"objects of {config.data} ({loaded.device})", highlight=False)  # fmt: skip
+    results: dict[str, dict[str, Any]] = {}
     with _progress() as progress:
-        task = progress.add_task("objects", total=len(ids))
-        for i, object_id in enumerate(ids, start=1):
+        task = progress.add_task("objects", total=len(todo))
+        for i, object_id in enumerate(todo, start=1):
             try:
                 record = evaluate_object(loaded, dm, object_id, config, perceptual)
             except DatasetFormatError as err:
-                failed[object_id] = str(err)
-                progress.console.print(f"[{i}/{len(ids)}] {object_id}: [red]not evaluated: {err}", highlight=False)
+                results[object_id] = {"failed": str(err)}
+                progress.console.print(f"[{i}/{len(todo)}] {object_id}: [red]not evaluated: {err}", highlight=False)
             else:
-                objects.append(record)
-                progress.console.print(f"[{i}/{len(ids)}] {object_id}: {_line(record)}", highlight=False)
+                results[object_id] = {"record": record}
+                progress.console.print(f"[{i}/{len(todo)}] {object_id}: {_line(record)}", highlight=False)
                 for note in record["notes"]:
                     progress.console.print(f"    note: {note}", highlight=False, soft_wrap=True)
+            write_record(out, object_id, stamp, results[object_id])
             progress.update(task, completed=i)
+    if shard is not None:
+        write_shard_record(out, shard, stamp, finished=True)
+        n_failed = sum(1 for oid in shard.select(ids) if "failed" in (read_record(out, oid, stamp) or {}))
+        CONSOLE.print(f"lrm-eval: shard {shard} done ({len(todo)} evaluated now, {n_failed} unreadable); merge with "
+                      "the same command without --shard", highlight=False, soft_wrap=True)  # fmt: skip
+        return 1 if n_failed else 0
+    objects: list[dict[str, Any]] = []
+    failed: dict[str, str] = {}
+    for object_id in ids:
+        result = results.get(object_id) or read_record(out, object_id, stamp) or {}
+        if "record" in result:
+            objects.append(result["record"])
+        else:
+            failed[object_id] = result.get("failed", "not evaluated")
 
     summary = summarize(objects)
     summary["num_failed"] = len(failed)
@@ -440,13 +527,14 @@ def main(config: EvalConfig) -> int:
         "device": str(loaded.device),
         "failed": failed,
     }
-    out = config.output_dir
     atomic_write(out / "metrics.json", metrics_json(summary, objects, baselines, settings))
     atomic_write(out / "metrics.csv", csv_text(rank_worst_first(objects)))
     atomic_write(out / "report.md", report_markdown(summary, objects, baselines, settings, by_alignment))
     CONSOLE.print(summary_table(summary, baselines))
     CONSOLE.print(f"lrm-eval: wrote {out / 'metrics.json'}, {out / 'metrics.csv'} and {out / 'report.md'}",
                   highlight=False, soft_wrap=True)  # fmt: skip
+    if merging:
+        end_merge(out)
     if failed:
         CONSOLE.print(f"[bold red]lrm-eval: {len(failed)} of {len(ids)} objects could not be read: "
                       + ", ".join(failed), highlight=False, soft_wrap=True)  # fmt: skip

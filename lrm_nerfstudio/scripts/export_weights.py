@@ -27,6 +27,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from lrm_nerfstudio.checkpoints import newest_complete_checkpoint
+
 WEIGHTS_FORMAT = "lrm-nerfstudio-weights"
 """Value of the `format` metadata key of an exported weights file."""
 WEIGHTS_VERSION = "1"
@@ -73,7 +75,8 @@ def find_checkpoint(config: TrainerConfig, config_path: Path) -> Path:
     """The checkpoint eval_setup would load: `load_step` if set, else the latest, of the run's checkpoint folder.
 
     The folder is looked up beside config.yml first (so that a run folder can be moved), then where the config
-    says it is.
+    says it is. A newest checkpoint that is not completely written (a kill during the save) is skipped with a
+    warning naming it, and the previous one is taken.
 
     Raises:
         ModelLoadError: no checkpoint found.
@@ -89,11 +92,15 @@ def find_checkpoint(config: TrainerConfig, config_path: Path) -> Path:
             if ckpt.is_file():
                 return ckpt
             continue
-        ckpts = sorted(folder.glob("step-*.ckpt")) if folder.is_dir() else []
-        if ckpts:
-            return ckpts[-1]
+        ckpt = newest_complete_checkpoint(folder, warn=_warn) if folder.is_dir() else None
+        if ckpt is not None:
+            return ckpt
     where = ", ".join(str(c) for c in dict.fromkeys(candidates))
     raise ModelLoadError(f"{config_path}: no checkpoint (step-*.ckpt) found in {where}")
+
+
+def _warn(message: str) -> None:
+    CONSOLE.print(f"[bold yellow]warning:[/bold yellow] {message}", soft_wrap=True, highlight=False)
 
 
 def model_state_from_checkpoint(ckpt: Path) -> tuple[dict[str, Tensor], int]:

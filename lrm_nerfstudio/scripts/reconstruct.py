@@ -27,7 +27,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from copy import deepcopy
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -63,6 +63,7 @@ from lrm_nerfstudio.splat.gaussians import EmptyReconstructionError
 from lrm_nerfstudio.splat.ply import write_gaussians_ply
 from lrm_nerfstudio.splat.refine import SplatRefineConfig, distillation_cameras, refine_gaussians
 from lrm_nerfstudio.splat.render import gsplat_unavailable_reason, render_frames
+from lrm_nerfstudio.training.trainer import LRMTrainerConfig
 
 STAGES = ("preprocess", "encode", "decode", "mesh", "turntable", "splat", "write")
 """Per-image stages, in order (the model is loaded once, stage "load")."""
@@ -354,15 +355,36 @@ def background_of(config: TrainerConfig) -> tuple[float, float, float]:
     return (0.0, 0.0, 0.0) if config.pipeline.datamanager.eval_background == "black" else (1.0, 1.0, 1.0)
 
 
+@dataclass
+class ReconstructionTrainerConfig(LRMTrainerConfig):
+    """The run's config opened on one reconstruction, whose nerfstudio base dir is the reconstruction's folder.
+
+    nerfstudio's base dir is output_dir/experiment/method/timestamp, and `ns-viewer` creates only its last level
+    (for its log), so a config.yml outside a run's folder tree would stop it with FileNotFoundError; its export
+    panel also prints `--load-config` as base dir / config.yml.
+    """
+
+    base_dir: Path = Path(".")
+    """Folder of this config.yml (the viewer's log goes there too)."""
+
+    def get_base_dir(self) -> Path:
+        return self.base_dir
+
+
 def display_config(
     loaded: LoadedModel, checkpoint: Path, data: Path, display_object: str | None, out_dir: Path, **datamanager
 ) -> TrainerConfig:
-    """A copy of the run's config that nerfstudio's eval_setup (ns-viewer, ns-export) opens on one reconstruction.
+    """A copy of the run's config that nerfstudio's eval_setup (ns-viewer, ns-export) opens on one reconstruction,
+    written as `out_dir`/config.yml.
 
     eval_setup loads the checkpoint from `get_checkpoint_dir()` = base dir / `relative_model_dir`; an absolute
     `relative_model_dir` makes that the checkpoint's folder wherever the base dir is.
     """
-    config = deepcopy(loaded.config)
+    run = loaded.config
+    inherited = {
+        f.name: deepcopy(getattr(run, f.name)) for f in fields(LRMTrainerConfig) if f.init and hasattr(run, f.name)
+    }
+    config = ReconstructionTrainerConfig(**inherited, base_dir=out_dir.resolve())
     dm = config.pipeline.datamanager
     dm.data = dm.dataparser.data = Path(data).resolve()
     config.data = dm.data
@@ -634,6 +656,10 @@ def _reconstruct_one(config, loaded, path, out_root, checkpoint, taken, rows, fa
     except NoSurfaceError as err:
         failed[str(path)] = f"{path}: {err}"
         _error(f"{path}: {err} (try another --iso-level)")
+        return
+    except Exception as err:  # noqa: BLE001 (one image's failure, whatever it is, must not stop the batch)
+        failed[str(path)] = f"{path}: {type(err).__name__}: {err}"
+        _error(f"{path}: reconstruction failed ({type(err).__name__}: {err}); going on with the other images")
         return
     rows[out_dir.name] = rec.timings
     results[out_dir.name] = {

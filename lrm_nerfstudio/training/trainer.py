@@ -5,16 +5,30 @@ nerfstudio 1.1.5 already saves checkpoints and writes logs on the global rank 0 
   forward would be its alone anyway. Here it runs on rank 0 only; the other ranks wait for it in the next step's
   all-reduce.
 - `Trainer.setup` starts a viewer on every machine's local rank 0. Here only the global rank 0 starts one.
+
+Checkpoints survive a kill: `Trainer.save_checkpoint` writes `step-*.ckpt` in place, so a kill during the save
+leaves a truncated newest file that every later `--load-dir`, `ns-viewer` or `ns-export` would pick and fail on.
+Here the file is written under a temporary name and renamed. Loading the newest checkpoint (resume with `--load-dir`
+and no `--load-step`, and nerfstudio's `eval_setup` for an LRM config) skips a newest file that is not completely
+written, with a warning naming it, and takes the previous one; nothing of the user's is renamed or deleted. A
+checkpoint that does not load (a pickle with code in it, say: torch.load keeps `weights_only`) ends `ns-viewer` /
+`ns-export` with one message naming the file instead of a traceback.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
+import torch
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.utils import comms
+from nerfstudio.utils.decorators import check_main_thread
 from nerfstudio.utils.rich_utils import CONSOLE
 
+from lrm_nerfstudio.checkpoints import checkpoint_step, newest_complete_checkpoint
 from lrm_nerfstudio.scripts.export_weights import ModelLoadError
 
 _NO_VIEWER = {"viewer": "tensorboard", "viewer_legacy": "tensorboard", "viewer+wandb": "wandb",
@@ -28,6 +42,57 @@ class LRMTrainerConfig(TrainerConfig):
 
     _target: type = field(default_factory=lambda: LRMTrainer)
 
+    def __setstate__(self, state: dict) -> None:
+        # PyYAML builds a config.yml's object through here: the moment an LRM config is read, eval_setup's
+        # checkpoint choice gets its fallback (see install_eval_fallback)
+        self.__dict__.update(state)
+        install_eval_fallback()
+
+
+def _warn(message: str) -> None:
+    CONSOLE.print(f"[bold yellow]warning:[/bold yellow] {message}", soft_wrap=True, highlight=False)
+
+
+def choose_complete_checkpoint(config: TrainerConfig) -> None:
+    """Set `config.load_step` to the newest completely written checkpoint of `config.load_dir` when no step is set
+    (nerfstudio would take the newest file whatever its state). Leaves the config alone when there is none."""
+    if config.load_dir is None or config.load_step is not None or not Path(config.load_dir).is_dir():
+        return
+    ckpt = newest_complete_checkpoint(Path(config.load_dir), warn=_warn)
+    if ckpt is not None:
+        config.load_step = checkpoint_step(ckpt)
+
+
+def _eval_load_checkpoint_with_fallback(config, pipeline):
+    """nerfstudio's `eval_load_checkpoint`, for LRM configs: the newest complete checkpoint, and a message (exit 2)
+    naming the file when it does not load."""
+    original = _eval_load_checkpoint_with_fallback.original  # type: ignore[attr-defined]
+    if not isinstance(config, LRMTrainerConfig):
+        return original(config, pipeline)
+    choose_complete_checkpoint(config)
+    try:
+        return original(config, pipeline)
+    except Exception as err:  # noqa: BLE001 (torch.load and load_state_dict raise many types for a bad file)
+        where = (
+            config.load_dir if config.load_step is None else Path(config.load_dir) / f"step-{config.load_step:09d}.ckpt"
+        )
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        CONSOLE.print(f"[bold red]error:[/bold red] {where}: cannot load the checkpoint ({type(err).__name__}: {first})",
+                      soft_wrap=True, highlight=False)  # fmt: skip
+        sys.exit(2)
+
+
+def install_eval_fallback() -> None:
+    """Route nerfstudio's `eval_load_checkpoint` (used by `eval_setup`: ns-viewer, ns-export, ns-eval) through
+    `_eval_load_checkpoint_with_fallback`; other methods' configs pass through unchanged. Idempotent, and a no-op
+    until nerfstudio's eval_utils is imported (every command that calls eval_setup has imported it by then)."""
+    eval_utils = sys.modules.get("nerfstudio.utils.eval_utils")
+    current = getattr(eval_utils, "eval_load_checkpoint", None)
+    if current is None or current is _eval_load_checkpoint_with_fallback:
+        return
+    _eval_load_checkpoint_with_fallback.original = current  # type: ignore[attr-defined]
+    eval_utils.eval_load_checkpoint = _eval_load_checkpoint_with_fallback  # type: ignore[union-attr]
+
 
 class LRMTrainer(Trainer):
     """Trainer whose evaluation and viewer run on the global rank 0 only (see the module docstring)."""
@@ -40,6 +105,7 @@ class LRMTrainer(Trainer):
         super().__init__(config, local_rank=local_rank, world_size=world_size)
 
     def _load_checkpoint(self) -> None:
+        choose_complete_checkpoint(self.config)  # resume from the newest complete checkpoint, not a truncated one
         super()._load_checkpoint()
         init_from = getattr(self.pipeline.model.config, "init_from", None)
         if self.config.load_dir is not None or self.config.load_checkpoint is not None:
@@ -64,6 +130,39 @@ class LRMTrainer(Trainer):
         model.refresh_display()
         CONSOLE.print(f"Initialised the model from {init_from} ({len(state)} tensors)", soft_wrap=True)
 
+    @check_main_thread
+    def save_checkpoint(self, step: int) -> None:
+        """nerfstudio's checkpoint (same keys, name and pruning), written to a temporary file and renamed."""
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        path = self.checkpoint_dir / f"step-{step:09d}.ckpt"
+        pipeline = self.pipeline.module if hasattr(self.pipeline, "module") else self.pipeline
+        state = {
+            "step": step,
+            "pipeline": pipeline.state_dict(),  # type: ignore[union-attr]
+            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.optimizers.items()},
+            "schedulers": {name: sched.state_dict() for name, sched in self.optimizers.schedulers.items()},
+            "scalers": self.grad_scaler.state_dict(),
+        }
+        tmp = path.with_name(path.name + ".partial")  # matches no step-*.ckpt glob
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        for stale in self.checkpoint_dir.glob("step-*.ckpt.partial"):  # left by a save that a kill interrupted
+            stale.unlink(missing_ok=True)
+        if self.config.save_only_latest_checkpoint:
+            for old in self.checkpoint_dir.glob("step-*.ckpt"):
+                if old != path:
+                    old.unlink()
+
     def eval_iteration(self, step: int) -> None:
         if comms.is_main_process():
             super().eval_iteration(step)
+
+
+install_eval_fallback()  # when nerfstudio's eval_utils is already imported (ns-export, ns-viewer import it first)

@@ -193,10 +193,16 @@ def load_rgba_reference(path: Path) -> np.ndarray:
 
 
 def test_skip_bad_objects_eager(ds: Path):
-    (ds / "obj_train_001" / "transforms.json").write_text("{")
+    bad = ds / "obj_train_001" / "transforms.json"
+    bad.write_text("{")
     with pytest.warns(UserWarning, match="skipping bad object 'obj_train_001'"):
-        parser = parse(ds, skip_bad_objects=True)
+        parser = parse(ds, skip_bad_objects=True, max_bad_fraction=0.5)
     assert parser.object_ids("train") == ["obj_train_000"]
+    assert parser.tracker.bad == {"obj_train_001": parser._bad["obj_train_001"]}
+    # 1 bad of the 4 objects is more than the default 1 %: a clear error naming the file and the fraction
+    problem = r"malformed JSON.*1 of the 4 objects .* bad, more"
+    with pytest.raises(DatasetFormatError, match=starts_with(bad, problem)), pytest.warns(UserWarning):
+        parse(ds)
 
 
 def test_single_image_is_inference(tmp_path: Path):

@@ -28,11 +28,11 @@ def copy_of(sharded: Path, tmp_path: Path) -> Path:
     return out
 
 
-def make_dm(data: Path, eager: bool = True, **kwargs):
+def make_dm(data: Path, eager: bool = True, skip_bad_objects: bool = True, **kwargs):
     cfg = {"objects_per_batch": 2, "target_views_per_object": 3, "patch_size": 16, "render_resolution_range": (32, 64)}
     cfg.update(num_workers=0, source_resolution=32, eval_resolution=32, load_depth=True, background="random")
     cfg.update(kwargs)
-    parser = LRMDataParserConfig(eager_validation_max_objects=1000 if eager else 0)
+    parser = LRMDataParserConfig(eager_validation_max_objects=1000 if eager else 0, skip_bad_objects=skip_bad_objects)
     return LRMDataManagerConfig(data=data, dataparser=parser, **cfg).setup(test_mode="val")
 
 
@@ -123,12 +123,12 @@ def test_corrupt_image_member_names_shard_and_member(sharded: Path, tmp_path: Pa
             with open(archive.shard, "r+b") as f:
                 f.seek(offset)
                 f.write(b"\0" * size)
-    dm = make_dm(data, eager=False)
+    dm = make_dm(data, eager=False, skip_bad_objects=False)
     with pytest.raises(DatasetFormatError, match=rf"shard-0000[01]\.tar/{oid}/images/\d+\.png: cannot decode image"):
         dm.next_train(0)
     # eager validation catches it at setup, with the same path
     with pytest.raises(DatasetFormatError, match=rf"shard-0000[01]\.tar/{oid}/images/\d+\.png"):
-        make_dm(data)
+        make_dm(data, skip_bad_objects=False)
 
 
 def test_pack_refuses_existing_output_and_bad_count(procedural_dataset: Path, sharded: Path):

@@ -205,3 +205,62 @@ def test_eval_refuses_missing_or_empty_split_and_bad_model(trained_run, procedur
     config = EvalConfig(load_config=trained_run, data=procedural_dataset, output_dir=tmp_path / "f", mesh_resolution=1)
     assert main(config) == 2
     assert "--mesh-resolution must be at least 2" in capsys.readouterr().out
+
+
+TIME_KEYS = ("encode_s", "decode_s", "mesh_s", "render_s", "geometry_s")
+
+
+def _untimed(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k not in TIME_KEYS}
+
+
+@pytest.mark.slow
+def test_eval_shards_merge_split_all_and_layouts(trained_run, tmp_path, capsys):
+    """Two lrm-eval shards into one folder, then the merge: the unsharded run's metrics (timings aside); a merge with
+    a shard missing names its objects; the same objects as OpenLRM renders and as nerfstudio-data folders score the
+    same per object."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
+    from layout_fixture import all_ids, write_nerfstudio_folders, write_openlrm
+
+    from lrm_nerfstudio.data.sharding import Shard
+    from lrm_nerfstudio.generate.generate import GenerateConfig
+    from lrm_nerfstudio.generate.generate import main as generate
+    from lrm_nerfstudio.generate.renderer import CameraSamplerConfig
+
+    src = tmp_path / "src"  # one focal length per object, as OpenLRM's intrinsics.npy holds
+    cameras = CameraSamplerConfig(focal_range=(0.75, 0.75), distance_range=(2.0, 2.4))
+    generate(GenerateConfig(output=src, num_objects=4, num_views=3, resolution=48, workers=1, progress=False,
+                            cameras=cameras))  # fmt: skip
+    ids = all_ids(src)
+    fast = {**FAST, "pictures": False, "split": "all", "views_per_object": 2}
+    assert main(EvalConfig(load_config=trained_run, data=src, output_dir=tmp_path / "whole", **fast)) == 0
+    ref = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    assert [o["id"] for o in ref["objects"]] == ids  # --split all: every object, train, val and test
+
+    out = tmp_path / "sharded"
+    assert main(EvalConfig(load_config=trained_run, data=src, output_dir=out, shard="1/2", **fast)) == 0
+    assert not (out / "metrics.json").exists()
+    assert sorted(p.parent.name for p in out.glob("*/record.json")) == Shard(1, 2).select(ids) == ["000003"]
+    capsys.readouterr()
+    assert main(EvalConfig(load_config=trained_run, data=src, output_dir=out, **fast)) == 1  # shard 0 missing
+    text = " ".join(capsys.readouterr().out.split())
+    assert "3 of 4 objects are missing" in text and all(f"{oid} (shard 0/2)" in text for oid in Shard(0, 2).select(ids))
+    assert not (out / "metrics.json").exists()
+    assert main(EvalConfig(load_config=trained_run, data=src, output_dir=out, shard="0/2", **fast)) == 0
+    assert main(EvalConfig(load_config=trained_run, data=src, output_dir=out, **fast)) == 0
+    merged = json.loads((out / "metrics.json").read_text())
+    assert [_untimed(o) for o in merged["objects"]] == [_untimed(o) for o in ref["objects"]]
+    assert _untimed(merged["summary"]) == _untimed(ref["summary"]) and merged["baselines"] == ref["baselines"]
+    assert (out / "report.md").is_file() and (out / "metrics.csv").is_file() and not (out / ".shards").exists()
+
+    for kind, write in (("openlrm", write_openlrm), ("nerfstudio-folders", write_nerfstudio_folders)):
+        root = write(src, tmp_path / kind, ids)
+        assert main(EvalConfig(load_config=trained_run, data=root, output_dir=tmp_path / f"e-{kind}", **fast)) == 0
+        got = {o["id"]: o for o in json.loads((tmp_path / f"e-{kind}" / "metrics.json").read_text())["objects"]}
+        assert set(got) == set(ids)
+        for want in ref["objects"]:
+            keys = ("psnr", "ssim", "masked_psnr", "mask_iou", "views")
+            keys += ("chamfer_l1", "fscore@0.1") if kind == "nerfstudio-folders" else ()  # OpenLRM has no mesh
+            assert {k: got[want["id"]][k] for k in keys} == {k: want[k] for k in keys}, (kind, want["id"])

@@ -141,6 +141,15 @@ def test_viewer_renders_follows_training_and_the_dropdown(trainer, tmp_path):
             assert other.std() > 5.0
             page.screenshot(path=tmp_path / "other_object.png")
             assert target in page.content()  # the source-image panel names the new object
+
+            # 4. An upload whose file name is MDX code: the status names it as text, nothing runs in the page.
+            evil = "{globalThis.X=1}.png"
+            page.locator("input[type=file]").set_input_files(
+                files=[{"name": evil, "mimeType": "image/png", "buffer": b"not an image"}]
+            )
+            wait_for(lambda: evil in pipeline.viewer_controls.status, 30, "the upload's status")
+            page.get_by_text(f"Upload rejected: {evil}: not an image", exact=False).first.wait_for(state="visible")
+            assert page.evaluate("globalThis.X") is None
         finally:
             browser.close()
 
