@@ -5,7 +5,7 @@ nerfstudio's viewer finds every `ViewerElement` reachable from the pipeline thro
 (`nerfstudio.viewer.utils.parse_object`), installs it, and wraps its callback so that it runs under the trainer's
 lock and is followed by a re-render. The controls therefore live in a parameter-free `nn.Module` held by the
 pipeline. Callbacks only change *display* state (the datamanager's display object and the model's display source);
-the display triplane is re-predicted lazily, under `no_grad`, by the next render (DESIGN.md §3).
+the display triplane is re-predicted lazily, under `no_grad`, by the next render (docs/ARCHITECTURE.md, nerfstudio's traps).
 """
 
 from __future__ import annotations

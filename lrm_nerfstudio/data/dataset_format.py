@@ -1,4 +1,4 @@
-"""The lrm-multiview dataset format (DESIGN.md §2): reading and validating `dataset.json`, per-object
+"""The lrm-multiview dataset format (docs/DATA.md): reading and validating `dataset.json`, per-object
 `transforms.json`, RGBA images and depth maps.
 
 Every problem raises :class:`DatasetFormatError` whose message starts with the offending path, then says what is

@@ -1,4 +1,4 @@
-"""Dataparser for the multi-object lrm-multiview format (DESIGN.md §2), or a single image (inference).
+"""Dataparser for the multi-object lrm-multiview format (docs/DATA.md), or a single image (inference).
 
 Objects live in folders or, packed by `lrm-pack-shards`, in tar shards read by offset (`data/shards.py`).
 
@@ -115,7 +115,7 @@ class LRMDataParserConfig(DataParserConfig, LayoutOptions):
 class LRMDataParser(DataParser):
     """Reads dataset.json at setup; objects on demand (see module docstring).
 
-    Objects are normalised to the [-1, 1]^3 scene box by the dataset writer (DESIGN.md §2); poses are used as is.
+    Objects are normalised to the [-1, 1]^3 scene box by the dataset writer (docs/DATA.md); poses are used as is.
     """
 
     config: LRMDataParserConfig
