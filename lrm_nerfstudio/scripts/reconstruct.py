@@ -1,7 +1,9 @@
 """`lrm-reconstruct`: images in, one triplane NeRF each out, as a mesh, a turntable, the triplane and a config.
 
 Per image, in `OUTPUT_DIR/<image stem>/`:
-    mesh.glb, mesh.obj, mesh.ply   marching cubes of the density with vertex colours (GLB is +Y up, OBJ/PLY +Z up)
+    mesh.glb, mesh.obj, mesh.ply   marching cubes of the density, cleaned up and decimated (GLB is +Y up, OBJ/PLY
+                                   +Z up); GLB and OBJ carry a baked colour texture (PBR baseColorTexture; OBJ with
+                                   mesh.mtl and mesh.png), the PLY vertex colours (--texture-resolution 0: all three)
     turntable.gif (or .mp4)        a ring of renders around the object
     triplane.safetensors           the predicted triplane, key "triplane", shape [1, 3, C, R, R]
     source.png                     the preprocessed source image the model saw
@@ -14,6 +16,7 @@ and `OUTPUT_DIR/timings.json` with the per-stage timings (also printed as a tabl
 Examples:
     lrm-reconstruct photo.png chair.jpg --load-config outputs/ds/lrm-tiny/2024-01-01_000000/config.yml
     lrm-reconstruct photo.png --weights lrm-tiny.safetensors --output-dir recon --resolution 512
+    lrm-reconstruct photo.png --weights lrm-tiny.safetensors --texture-resolution 2048 --target-faces 20000
     lrm-reconstruct photo.png --weights lrm-tiny.safetensors --formats glb splat --splat-refine-steps 500
 """
 
