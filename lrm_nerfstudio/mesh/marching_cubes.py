@@ -27,6 +27,8 @@ import trimesh
 from jaxtyping import Float
 from torch import Tensor
 
+from lrm_nerfstudio.mesh.texture import TexturedMesh, obj_files
+
 DensityFn = Callable[[Float[Tensor, "P 3"]], Float[Tensor, "P"]]
 ColorFn = Callable[[Float[Tensor, "P 3"]], Float[Tensor, "P 3"]]
 
@@ -709,8 +711,13 @@ def save_mesh(
     formats: tuple[str, ...] = ("glb", "obj", "ply"),
     *,
     glb_y_up: bool = True,
+    textured: TexturedMesh | None = None,
 ) -> dict[str, Path]:
     """Write `mesh` as GLB, OBJ (vertex colours as `v x y z r g b`) and PLY (or those of `formats`), each atomically.
+
+    With `textured` (`lrm_nerfstudio.mesh.texture.bake_texture` of the same surface), the GLB is the textured mesh
+    with its PBR material (the image embedded), the OBJ is the textured mesh with `{stem}.mtl` and `{stem}.png`
+    beside it, and the PLY keeps `mesh`'s vertex colours for tools that want them.
 
     Args:
         mesh: the mesh (world coordinates, +Z up).
@@ -721,7 +728,7 @@ def save_mesh(
             the project's +Z-up world coordinates (use those for metrics against ground truth).
 
     Returns:
-        {"glb": path, "obj": path, "ply": path} (the formats written).
+        {"glb": path, "obj": path, "ply": path} (the formats written), plus "mtl" and "texture" with `textured`.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -732,7 +739,7 @@ def save_mesh(
         raise ValueError(f"save_mesh: unknown mesh formats {sorted(unknown)}; use glb, obj, ply")
 
     def glb() -> bytes:
-        glb_mesh = mesh.copy()
+        glb_mesh = (textured.mesh if textured is not None else mesh).copy()
         if glb_y_up:
             glb_mesh.apply_transform(Z_UP_TO_Y_UP)
         return glb_mesh.export(file_type="glb")
@@ -742,10 +749,18 @@ def save_mesh(
         "obj": lambda: mesh.export(file_type="obj", include_color=True, include_normals=True),
         "ply": lambda: mesh.export(file_type="ply"),
     }
+    if textured is not None:
+        exporters["obj"] = lambda: obj_files(textured, stem)
+    if len(mesh.faces) == 0 or (textured is not None and len(textured.mesh.faces) == 0):
+        raise NoSurfaceError("no surface found: the mesh has no faces (nothing written)")
     payloads = {fmt: exporters[fmt]() for fmt in dict.fromkeys(formats)}
     paths = {}
+    names = {"mtl": "mtl", "png": "texture"}
     for fmt, data in payloads.items():
-        path = out / f"{stem}.{fmt}"
-        _atomic_write_bytes(path, data.encode() if isinstance(data, str) else data)
-        paths[fmt] = path
+        # the OBJ of a textured mesh is three files: the PNG and the MTL go first, so the OBJ never names a missing one
+        files = data if isinstance(data, dict) else {f"{stem}.{fmt}": data}
+        for name, content in sorted(files.items(), key=lambda item: item[0].endswith(".obj")):
+            path = out / name
+            _atomic_write_bytes(path, content.encode() if isinstance(content, str) else content)
+            paths[names.get(path.suffix[1:], fmt)] = path
     return paths

@@ -33,6 +33,8 @@ from rich.table import Table
 from lrm_nerfstudio.generate.shapes import ShapeConfig
 from lrm_nerfstudio.generate.textures import TextureConfig
 from lrm_nerfstudio.lrm_config import DEMO_STEPS, lrm_demo_method
+from lrm_nerfstudio.mesh.cleanup import check_cleanup_options
+from lrm_nerfstudio.mesh.texture import check_texture_resolution
 from lrm_nerfstudio.scripts.export_weights import find_checkpoint, read_trainer_config
 from lrm_nerfstudio.scripts.reconstruct import LoadedModel, OutputOptions, display_config, reconstruct_source
 
@@ -75,6 +77,10 @@ class DemoConfig:
     """Evaluate on at most this many test objects, all their views but the source (None: all)."""
     mesh_resolution: int = 128
     """Marching-cubes resolution of the exported mesh."""
+    texture_resolution: int = 1024
+    """Side of the exported mesh's baked texture (0: vertex colours only)."""
+    target_faces: int | None = None
+    """Face budget of the exported mesh (None: 50 000 when baking a texture)."""
     turntable_frames: int = 24
     """Frames of the turntable."""
     turntable_resolution: int = 96
@@ -239,6 +245,8 @@ def run(config: DemoConfig) -> dict[str, str]:
     out_dir = config.output_dir / "reconstruction" / object_id
     options = OutputOptions(
         resolution=config.mesh_resolution,
+        texture_resolution=config.texture_resolution,
+        target_faces=config.target_faces,
         turntable_frames=config.turntable_frames,
         turntable_resolution=config.turntable_resolution,
     )
@@ -294,6 +302,10 @@ def _print_summary(artefacts: dict[str, str], metrics: dict[str, float], timings
 
 def main(config: DemoConfig) -> int:
     """Run the demo; returns the exit code."""
+    problem = check_texture_resolution(config.texture_resolution) or check_cleanup_options(config.target_faces, 0.0)
+    if problem is not None:  # before hours of training, not after
+        CONSOLE.print(f"[bold red]lrm-demo: {problem}", soft_wrap=True, highlight=False)
+        return 2
     start = time.perf_counter()
     try:
         run(config)

@@ -79,7 +79,9 @@ from lrm_nerfstudio.generate.shard_job import (
     read_shard_records,
     write_shard_record,
 )
-from lrm_nerfstudio.mesh.marching_cubes import NoSurfaceError
+from lrm_nerfstudio.mesh.cleanup import check_cleanup_options
+from lrm_nerfstudio.mesh.marching_cubes import NoSurfaceError, save_mesh
+from lrm_nerfstudio.mesh.texture import check_texture_resolution
 from lrm_nerfstudio.model.losses import PerceptualLoss
 from lrm_nerfstudio.scripts.export_weights import ModelLoadError
 from lrm_nerfstudio.scripts.reconstruct import (
@@ -88,6 +90,7 @@ from lrm_nerfstudio.scripts.reconstruct import (
     background_of,
     encode_decode,
     extract_colored_mesh,
+    finish_mesh,
     load_model,
     timed_stage,
 )
@@ -121,6 +124,10 @@ class EvalConfig(LayoutOptions):
     """Marching-cubes lattice points per axis of the predicted mesh."""
     iso_level: float | None = None
     """Density level of the predicted mesh; None chooses it from the density field, as lrm-reconstruct does."""
+    texture_resolution: int = 0
+    """Also write <id>/mesh.glb with a baked texture of this side (0: none; lrm-reconstruct's default is 1024)."""
+    target_faces: int | None = None
+    """Face budget of that textured mesh (None: 50 000); the metrics always use the full marching-cubes mesh."""
     eval_resolution: int | None = None
     """Width the views are scored at (height keeps the aspect ratio); None: each view's own width."""
     views_per_object: int | None = None
@@ -318,6 +325,11 @@ def evaluate_object(
     if pred_mesh is not None:
         atomic_write(out_dir / "mesh.ply", pred_mesh.export(file_type="ply"))
         files["mesh"] = f"{object_id}/mesh.ply"
+        if config.texture_resolution > 0:
+            options = OutputOptions(texture_resolution=config.texture_resolution, target_faces=config.target_faces)
+            cleaned, textured = finish_mesh(model, triplanes, pred_mesh, options, timings)
+            save_mesh(cleaned, out_dir, "mesh", ("glb",), textured=textured)
+            files["mesh_glb"] = f"{object_id}/mesh.glb"
     if ellipsoid is not None:
         atomic_write(out_dir / "baseline_ellipsoid.ply", ellipsoid.export(file_type="ply"))
         files["baseline_ellipsoid"] = f"{object_id}/baseline_ellipsoid.ply"
@@ -435,6 +447,10 @@ def main(config: EvalConfig) -> int:
         if value is not None and value < least:
             CONSOLE.print(f"[bold red]lrm-eval: --{name.replace('_', '-')} must be at least {least}, got {value}")
             return 2
+    problem = check_texture_resolution(config.texture_resolution) or check_cleanup_options(config.target_faces, 0.0)
+    if problem is not None:
+        CONSOLE.print(f"[bold red]lrm-eval: {problem}", soft_wrap=True, highlight=False)
+        return 2
     try:
         loaded = load_model(config.load_config, config.weights, config.device)
         dm, ids = open_dataset(loaded, config)

@@ -1,7 +1,9 @@
 """`lrm-reconstruct`: images in, one triplane NeRF each out, as a mesh, a turntable, the triplane and a config.
 
 Per image, in `OUTPUT_DIR/<image stem>/`:
-    mesh.glb, mesh.obj, mesh.ply   marching cubes of the density with vertex colours (GLB is +Y up, OBJ/PLY +Z up)
+    mesh.glb, mesh.obj, mesh.ply   marching cubes of the density, cleaned up and decimated (GLB is +Y up, OBJ/PLY
+                                   +Z up); GLB and OBJ carry a baked colour texture (PBR baseColorTexture; OBJ with
+                                   mesh.mtl and mesh.png), the PLY vertex colours (--texture-resolution 0: all three)
     turntable.gif (or .mp4)        a ring of renders around the object
     triplane.safetensors           the predicted triplane, key "triplane", shape [1, 3, C, R, R]
     source.png                     the preprocessed source image the model saw
@@ -14,6 +16,7 @@ and `OUTPUT_DIR/timings.json` with the per-stage timings (also printed as a tabl
 Examples:
     lrm-reconstruct photo.png chair.jpg --load-config outputs/ds/lrm-tiny/2024-01-01_000000/config.yml
     lrm-reconstruct photo.png --weights lrm-tiny.safetensors --output-dir recon --resolution 512
+    lrm-reconstruct photo.png --weights lrm-tiny.safetensors --texture-resolution 2048 --target-faces 20000
     lrm-reconstruct photo.png --weights lrm-tiny.safetensors --formats glb splat --splat-refine-steps 500
 """
 
@@ -47,7 +50,14 @@ from torch import Tensor
 from lrm_nerfstudio.cameras import canonical_source_camera
 from lrm_nerfstudio.data.dataset_format import DatasetFormatError
 from lrm_nerfstudio.data.image_preprocess import ImageInputError, preprocess_image
+from lrm_nerfstudio.mesh.cleanup import DEFAULT_MIN_COMPONENT_FRACTION, check_cleanup_options
 from lrm_nerfstudio.mesh.marching_cubes import NoSurfaceError, extract_mesh, sample_density_grid, save_mesh
+from lrm_nerfstudio.mesh.texture import (
+    DEFAULT_TEXTURE_RESOLUTION,
+    TexturedMesh,
+    check_texture_resolution,
+    clean_and_bake,
+)
 from lrm_nerfstudio.mesh.turntable import ffmpeg_available, turntable_cameras, write_turntable
 from lrm_nerfstudio.model.lrm_model import LRMModel
 from lrm_nerfstudio.progress import stage_progress
@@ -65,7 +75,7 @@ from lrm_nerfstudio.splat.refine import SplatRefineConfig, distillation_cameras,
 from lrm_nerfstudio.splat.render import gsplat_unavailable_reason, render_frames
 from lrm_nerfstudio.training.trainer import LRMTrainerConfig
 
-STAGES = ("preprocess", "encode", "decode", "mesh", "turntable", "splat", "write")
+STAGES = ("preprocess", "encode", "decode", "mesh", "cleanup", "unwrap", "bake", "turntable", "splat", "write")
 """Per-image stages, in order (the model is loaded once, stage "load")."""
 
 
@@ -155,6 +165,12 @@ class OutputOptions:
     """Density level of the mesh surface; None chooses it from the density field (adaptive)."""
     chunk_size: int = 2**18
     """Points per density query."""
+    texture_resolution: int = DEFAULT_TEXTURE_RESOLUTION
+    """Side of the colour texture baked for the GLB and OBJ (0: vertex colours only; at most 8192)."""
+    target_faces: int | None = None
+    """Decimate the mesh to this many faces (None: 50 000 when baking a texture, every face with vertex colours)."""
+    min_component_fraction: float = DEFAULT_MIN_COMPONENT_FRACTION
+    """Drop mesh components with less than this fraction of the largest component's area (0: keep all)."""
     turntable_frames: int = 24
     """Frames of the turntable (0: no turntable)."""
     turntable_resolution: int = 128
@@ -275,6 +291,27 @@ def extract_colored_mesh(model: LRMModel, triplanes: Float[Tensor, "1 3 C R R"],
         stacklevel=2,
     )
     return result
+
+
+def finish_mesh(
+    model: LRMModel,
+    triplanes: Float[Tensor, "1 3 C R R"],
+    mesh,
+    options: OutputOptions,
+    timings: dict[str, float],
+) -> tuple[Any, TexturedMesh | None]:
+    """Clean up the mesh and bake the field's colour into a texture (`lrm_nerfstudio.mesh.texture.clean_and_bake`);
+    no texture when neither GLB nor OBJ is written."""
+    return clean_and_bake(
+        mesh,
+        lambda points: model.field.rgb_density_at(points[None], triplanes)[0][0],
+        texture_resolution=options.texture_resolution if {"glb", "obj"} & set(options.formats) else 0,
+        target_faces=options.target_faces,
+        min_component_fraction=options.min_component_fraction,
+        chunk_size=min(options.chunk_size, 2**16),
+        device=model.device,
+        timings=timings,
+    )
 
 
 def splat_stage(
@@ -439,6 +476,7 @@ def reconstruct_source(
     triplanes = encode_decode(model, image, camera, timings)
     with timed_stage(timings, "mesh", device):
         mesh = extract_colored_mesh(model, triplanes, options)
+    mesh, textured = finish_mesh(model, triplanes, mesh, options, timings)
     frames: list[np.ndarray] = []
     background = torch.tensor(background_of(loaded.config))
     if options.turntable_frames > 0:
@@ -456,7 +494,10 @@ def reconstruct_source(
     with timed_stage(timings, "write", device):
         mesh_formats = tuple(fmt for fmt in dict.fromkeys(options.formats) if fmt != "splat")
         if mesh_formats:
-            files |= {f"mesh_{fmt}": path for fmt, path in save_mesh(mesh, out_dir, "mesh", mesh_formats).items()}
+            files |= {
+                f"mesh_{fmt}": path
+                for fmt, path in save_mesh(mesh, out_dir, "mesh", mesh_formats, textured=textured).items()
+            }
         if frames:
             suffix = ".mp4" if options.video and ffmpeg_available() else ".gif"
             files["turntable"] = write_turntable(frames, out_dir / f"turntable{suffix}", fps=options.turntable_fps)
@@ -522,16 +563,22 @@ def reconstruct_file(
 
 
 # ----------------------------------------------------------------------------------------------------- report
+TEXTURE_STAGES = ("cleanup", "unwrap", "bake")
+"""Summed into one "texture" column of the printed table (timings.json keeps each)."""
+
+
 def timings_table(rows: dict[str, dict[str, float]], load_s: float | None, title: str = "lrm-reconstruct") -> Table:
     """A rich table: one row per image, one column per stage (seconds)."""
     table = Table(title=f"{title}: seconds per stage")
     table.add_column("image")
-    for stage in ("load", *STAGES, "total"):
-        table.add_column(stage, justify="right")
+    columns = [stage for stage in STAGES if stage not in TEXTURE_STAGES[1:]]
+    for stage in ("load", *columns, "total"):
+        table.add_column("texture" if stage == TEXTURE_STAGES[0] else stage, justify="right")
     if load_s is not None:
-        table.add_row("(model)", f"{load_s:.2f}", *([""] * (len(STAGES) + 1)))
+        table.add_row("(model)", f"{load_s:.2f}", *([""] * (len(columns) + 1)))
     for name, t in rows.items():
-        table.add_row(name, "", *(f"{t[s]:.2f}" if s in t else "-" for s in (*STAGES, "total")))
+        t = {**t, TEXTURE_STAGES[0]: sum(t[s] for s in TEXTURE_STAGES if s in t)} if TEXTURE_STAGES[0] in t else t
+        table.add_row(name, "", *(f"{t[s]:.2f}" if s in t else "-" for s in (*columns, "total")))
     return table
 
 
@@ -575,6 +622,11 @@ def check_output_options(options: OutputOptions) -> str | None:
     """None when the output options can be met, else what is wrong with them (one sentence)."""
     if not options.formats:
         return "--formats: give at least one of glb, obj, ply, splat"
+    problem = check_texture_resolution(options.texture_resolution) or check_cleanup_options(
+        options.target_faces, options.min_component_fraction
+    )
+    if problem is not None:
+        return problem
     if options.splat_count <= 0:
         return f"--splat-count must be > 0, got {options.splat_count}"
     if not 0 <= options.splat_sh_degree <= 3:

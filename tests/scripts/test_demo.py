@@ -14,7 +14,7 @@ from lrm_run_helpers import tool
 def demo(data: Path, out: Path) -> str:
     cmd = [tool("lrm-demo"), "--data", str(data), "--output-dir", str(out), "--num-objects", "6", "--num-views", "6",
            "--resolution", "32", "--max-iterations", "3", "--no-viewer", "--mesh-resolution", "32",
-           "--turntable-frames", "2", "--turntable-resolution", "24", "--workers", "1"]  # fmt: skip
+           "--turntable-frames", "2", "--turntable-resolution", "24", "--workers", "1", "--texture-resolution", "64"]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, check=False)
     text = result.stdout + result.stderr
     assert result.returncode == 0, text[-5000:]
@@ -108,3 +108,11 @@ def test_demo_trains_the_registered_lrm_demo_method():
     assert short.optimizers["encoder"]["scheduler"].max_steps == 40
     assert short.optimizers["encoder"]["scheduler"].warm_up_end == 4
     assert short.pipeline.datamanager.patch_size == 8 and short.pipeline.model == demo.pipeline.model
+
+
+def test_demo_refuses_bad_mesh_options_before_training(tmp_path, capsys):
+    from lrm_nerfstudio.scripts.demo import DemoConfig, main
+
+    assert main(DemoConfig(data=tmp_path / "data", output_dir=tmp_path / "out", texture_resolution=-2)) == 2
+    assert "--texture-resolution must be 0" in "".join(capsys.readouterr().out.split("\n"))
+    assert not (tmp_path / "data").exists() and not (tmp_path / "out").exists()

@@ -125,8 +125,11 @@ def test_eval_end_to_end_folder_and_shards(trained_run, procedural_dataset, tmp_
     # the same objects packed into tar shards: ground-truth meshes are read from the shard, same numbers
     shards = pack_shards(PackShardsConfig(dataset=procedural_dataset, output=tmp_path / "shards", num_shards=2))
     out2 = tmp_path / "eval-shards"
-    assert main(EvalConfig(load_config=trained_run, data=shards, output_dir=out2, split="val", **FAST)) == 0
+    textured = {"texture_resolution": 32, "target_faces": 400}  # and a textured GLB beside the PLY
+    assert main(EvalConfig(load_config=trained_run, data=shards, output_dir=out2, split="val", **FAST, **textured)) == 0
     (obj2,) = json.loads((out2 / "metrics.json").read_text())["objects"]
+    glb = trimesh.load(out2 / obj2["files"]["mesh_glb"], force="mesh")
+    assert glb.visual.kind == "texture" and 0 < len(glb.faces) <= 400
     for key in ("psnr", "mask_iou", "chamfer_l1", "fscore@0.1", "normal_consistency"):
         assert obj2[key] == pytest.approx(obj[key], rel=1e-6), key
     assert obj2["baselines"]["ellipsoid"]["chamfer_l1"] == pytest.approx(ellipsoid["chamfer_l1"], rel=1e-6)
@@ -205,6 +208,9 @@ def test_eval_refuses_missing_or_empty_split_and_bad_model(trained_run, procedur
     config = EvalConfig(load_config=trained_run, data=procedural_dataset, output_dir=tmp_path / "f", mesh_resolution=1)
     assert main(config) == 2
     assert "--mesh-resolution must be at least 2" in capsys.readouterr().out
+    config = EvalConfig(load_config=trained_run, data=procedural_dataset, output_dir=tmp_path / "g", target_faces=0)
+    assert main(config) == 2
+    assert "--target-faces must be > 0" in capsys.readouterr().out
 
 
 TIME_KEYS = ("encode_s", "decode_s", "mesh_s", "render_s", "geometry_s")

@@ -19,7 +19,7 @@ from lrm_nerfstudio.scripts.export_weights import ExportWeightsConfig
 from lrm_nerfstudio.scripts.export_weights import main as export_weights
 from lrm_nerfstudio.scripts.reconstruct import OutputOptions, ReconstructConfig, main
 
-SMALL = OutputOptions(resolution=48, turntable_frames=3, turntable_resolution=24)
+SMALL = OutputOptions(resolution=48, turntable_frames=3, turntable_resolution=24, texture_resolution=64)
 
 
 @pytest.fixture(scope="module")
@@ -61,12 +61,19 @@ def check_outputs(out: Path, expected_triplane_shape) -> dict[str, Path]:
     }
     for path in files.values():
         assert path.is_file() and path.stat().st_size > 0, path
+    texture = np.asarray(Image.open(out / "mesh.png"))
+    assert texture.shape == (SMALL.texture_resolution, SMALL.texture_resolution, 3)
     for fmt in ("glb", "obj", "ply"):
         mesh = trimesh.load(files[fmt], force="mesh")
         assert len(mesh.faces) > 0, fmt
-        assert mesh.visual.kind == "vertex", fmt
-        assert mesh.visual.vertex_colors.shape == (len(mesh.vertices), 4), fmt
         assert np.abs(mesh.vertices).max() <= 1.0 + 1e-5, fmt
+        if fmt == "ply":  # the PLY keeps vertex colours; GLB and OBJ carry the baked texture
+            assert mesh.visual.kind == "vertex", fmt
+            assert mesh.visual.vertex_colors.shape == (len(mesh.vertices), 4), fmt
+        else:
+            assert mesh.visual.kind == "texture", fmt
+            image = mesh.visual.material.baseColorTexture if fmt == "glb" else mesh.visual.material.image
+            np.testing.assert_array_equal(np.asarray(image.convert("RGB")), texture)
     frames = Image.open(files["gif"])
     assert frames.n_frames == SMALL.turntable_frames and frames.size == (24, 24)
     triplane = load_file(files["triplane"])["triplane"]
@@ -108,7 +115,8 @@ def test_reconstruct_rgba_rgb_and_bad_inputs(tiny_run, inputs, tmp_path, capsys)
         assert step == 0
         torch.testing.assert_close(load_file(files["triplane"])["triplane"], display, atol=1e-5, rtol=1e-4)
         timings = report["images"][folder.name]["timings_s"]
-        assert set(timings) >= {"preprocess", "encode", "decode", "mesh", "turntable", "write", "total"}
+        assert set(timings) >= {"preprocess", "encode", "decode", "mesh", "cleanup", "unwrap", "bake", "turntable",
+                                "write", "total"}  # fmt: skip
     assert report["load_s"] > 0
     for stage in ("load", "preprocess", "encode", "decode", "mesh", "write"):
         assert stage in printed
@@ -151,3 +159,29 @@ def test_bad_config_exits_2_naming_the_path(tiny_run, inputs, tmp_path, capsys):
     text = result.stdout + result.stderr
     assert str(missing) in text.replace("\n", "") and "config file not found" in text
     assert "Traceback" not in text
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"texture_resolution": -1}, "--texture-resolution must be 0 (vertex colours only) or 1..8192 texels, got -1"),
+        ({"texture_resolution": 9000}, "--texture-resolution must be 0 (vertex colours only) or 1..8192 texels"),
+        ({"target_faces": 0}, "--target-faces must be > 0"),
+        ({"min_component_fraction": 2.0}, "--min-component-fraction must be in [0, 1]"),
+    ],
+)
+def test_bad_mesh_options_exit_2_before_loading(inputs, tmp_path, capsys, options, message):
+    missing = tmp_path / "never_read" / "config.yml"  # refused before any model is loaded
+    config = ReconstructConfig(images=[inputs["rgba"]], load_config=missing, output=OutputOptions(**options))
+    assert main(config) == 2
+    assert message in capsys.readouterr().out.replace("\n", "")
+
+
+def test_bad_texture_resolution_flag_from_the_console(inputs, tmp_path):
+    result = run_tool(
+        [tool("lrm-reconstruct"), str(inputs["rgba"]), "--weights", str(tmp_path / "w.safetensors"),
+         "--texture-resolution", "-3", "--target-faces", "20000"],
+        expect=2,
+    )  # fmt: skip
+    text = (result.stdout + result.stderr).replace("\n", "")
+    assert "--texture-resolution must be 0" in text and "got -3" in text and "Traceback" not in text
