@@ -33,6 +33,7 @@ import tyro
 
 from lrm_nerfstudio.data.dataset_format import SPLITS, DatasetFormatError, DatasetIndex, ObjectViews, read_dataset_json
 from lrm_nerfstudio.data.dataset_format import read_object as read_object_folder
+from lrm_nerfstudio.io.atomic import atomic_path, atomic_write_text
 
 SHARD_INDEX_FORMAT = "lrm-shards"
 """Value of the "format" key of shards.json."""
@@ -218,8 +219,8 @@ def pack_shards(config: PackShardsConfig) -> Path:
         name = f"shards/shard-{s:05d}.tar"
         shard_names.append(name)
         chunk = ids[s * len(ids) // num_shards : (s + 1) * len(ids) // num_shards]
-        tmp = out / (name + ".partial")
-        with open(tmp, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        with atomic_path(out / name, suffix=".partial") as tmp, open(tmp, "wb") as f, \
+                tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:  # fmt: skip
             for oid in chunk:
                 start = tar.offset
                 for path in _object_files(index.root / oid):
@@ -230,16 +231,13 @@ def pack_shards(config: PackShardsConfig) -> Path:
                     with open(path, "rb") as member:
                         tar.addfile(info, member)
                 objects[oid] = [s, start, tar.offset]
-        os.replace(tmp, out / name)
-    (out / "shards.json").write_text(
+    atomic_write_text(
+        out / "shards.json",
         json.dumps({"format": SHARD_INDEX_FORMAT, "version": 1, "shards": shard_names, "objects": objects}),
-        encoding="utf-8",
     )
     meta = json.loads((index.root / "dataset.json").read_text(encoding="utf-8"))
     meta["storage"] = {"type": STORAGE_TYPE, "index": "shards.json"}
-    tmp = out / "dataset.json.partial"
-    tmp.write_text(json.dumps(meta, indent=1), encoding="utf-8")
-    os.replace(tmp, out / "dataset.json")  # written last: a dataset.json means the shards are complete
+    atomic_write_text(out / "dataset.json", json.dumps(meta, indent=1))  # last: a dataset.json means complete
     return out
 
 
