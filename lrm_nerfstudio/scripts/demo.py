@@ -33,7 +33,7 @@ from rich.table import Table
 
 from lrm_nerfstudio.generate.shapes import ShapeConfig
 from lrm_nerfstudio.generate.textures import TextureConfig
-from lrm_nerfstudio.scripts.export_weights import find_checkpoint, read_trainer_config
+from lrm_nerfstudio.io.checkpoints import find_checkpoint, read_trainer_config
 from lrm_nerfstudio.scripts.reconstruct import LoadedModel, OutputOptions, display_config, reconstruct_source
 
 STATE_FILE = "demo_state.json"
