@@ -98,7 +98,7 @@ def test_reconstruct_and_demo_export_write_predict_triplanes(weights, tmp_path, 
     options = OutputOptions(resolution=24, turntable_frames=0, formats=("ply",))
     out = tmp_path / "recon"
     assert (
-        main(ReconstructConfig(images=[_png(tmp_path / "disc.png")], weights=weights, output_dir=out, options=options))
+        main(ReconstructConfig(images=[_png(tmp_path / "disc.png")], weights=weights, output_dir=out, output=options))
         == 0
     )
     (model, planes), *_ = recorded

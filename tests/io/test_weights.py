@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import tyro
 from conftest import tiny_trainer_config
 from PIL import Image
 from safetensors import safe_open
@@ -189,6 +190,11 @@ def test_v1_file_is_refused_with_its_upgrade_command(tmp_path, capsys):
     said = " ".join(capsys.readouterr().out.split())
     assert "evaluates its embedded YAML" in said and "can run code" in said and "--trust-embedded-yaml" in said
     assert not new.exists()
+
+    # the printed command itself, as a user would paste it (NEW.safetensors replaced by a path here)
+    words = upgrade_command(V1_FIXTURE).replace("NEW.safetensors", str(new)).split()
+    assert words[0] == "lrm-export-weights"
+    assert export_weights(tyro.cli(ExportWeightsConfig, args=words[1:])) == 0 and new.is_file()
 
 
 def test_v1_upgrade_gives_identical_tensors_and_outputs(tmp_path):
