@@ -4,7 +4,7 @@ from lrm_nerfstudio.quiet import silence_known_warnings
 
 silence_known_warnings()  # before anything below imports nerfstudio
 
-from lrm_nerfstudio.checkpoints import allow_numpy_scalars_in_checkpoints
+from lrm_nerfstudio.io.checkpoint_files import allow_numpy_scalars_in_checkpoints
 
 allow_numpy_scalars_in_checkpoints()
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 from jaxtyping import Float
+from nerfstudio.cameras.cameras import Cameras, CameraType
+from nerfstudio.data.scene_box import SceneBox
 from torch import Tensor
 
 CANONICAL_DISTANCE = 2.0
@@ -71,3 +73,29 @@ def canonical_source_camera(
     c2w = torch.from_numpy(canonical_c2w(distance)).float()
     one = torch.tensor(1.0)
     return camera_vector(c2w, focal * one, focal * one, 0.5 * one, 0.5 * one, one, one)
+
+
+def unit_scene_box() -> SceneBox:
+    """The [-1, 1]^3 box every object is normalised to."""
+    return SceneBox(aabb=torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]]))
+
+
+def ring_cameras(resolution: int = 128, n_azimuth: int = 8, elevations: tuple[float, ...] = (-30.0, 30.0)) -> Cameras:
+    """Synthetic cameras around the origin (distance 2, canonical focal) for single-image inference."""
+    c2ws = [
+        look_at(spherical_eye(CANONICAL_DISTANCE, az, el))
+        for el in elevations
+        for az in np.linspace(0.0, 360.0, n_azimuth, endpoint=False)
+    ]
+    n = len(c2ws)
+    f = CANONICAL_FOCAL * resolution
+    return Cameras(
+        camera_to_worlds=torch.from_numpy(np.stack(c2ws)).float(),
+        fx=torch.full((n, 1), f),
+        fy=torch.full((n, 1), f),
+        cx=torch.full((n, 1), resolution / 2),
+        cy=torch.full((n, 1), resolution / 2),
+        width=torch.full((n, 1), resolution, dtype=torch.long),
+        height=torch.full((n, 1), resolution, dtype=torch.long),
+        camera_type=CameraType.PERSPECTIVE,
+    )

@@ -19,6 +19,7 @@ from lrm_nerfstudio.lrm_pipeline import LRMPipelineConfig
 from lrm_nerfstudio.model.camera_embedder import CameraEmbedderConfig
 from lrm_nerfstudio.model.encoder import ImageEncoderConfig
 from lrm_nerfstudio.model.lrm_model import LRMModelConfig
+from lrm_nerfstudio.model.processor import ProcessorConfig, apply_processor
 from lrm_nerfstudio.model.triplane_field import TriplaneFieldConfig
 from lrm_nerfstudio.model.triplane_transformer import TriplaneTransformerConfig
 from lrm_nerfstudio.model.upsampler import TriplaneUpsamplerConfig
@@ -216,20 +217,23 @@ def _openlrm_base() -> LRMModelConfig:
     return openlrm.model_config(config, "openlrm-base")
 
 
-lrm_triposr_method = _finetune_method(
-    "lrm-triposr",
-    triposr.model_config({**triposr.RELEASED_CONFIG, "dino": triposr.DINO_VITB16}, "TripoSR"),
-    LRMDataManagerConfig(
+def _finetune_datamanager(processor: ProcessorConfig) -> LRMDataManagerConfig:
+    """A fine-tuning datamanager whose source images are prepared as the released model's were (its preset)."""
+    datamanager = LRMDataManagerConfig(
         dataparser=LRMDataParserConfig(),
         objects_per_batch=2,
         target_views_per_object=4,
         patch_size=64,
         render_resolution_range=(64, 256),
-        source_resolution=512,
-        source_background=(0.5, 0.5, 0.5),  # TripoSR's inputs: grey background, object at 0.85 of the side
-        source_resize="bilinear_antialias",
-        photo_foreground_ratio=0.85,
-    ),
+    )
+    apply_processor(datamanager, processor)
+    return datamanager
+
+
+lrm_triposr_method = _finetune_method(
+    "lrm-triposr",
+    triposr.model_config({**triposr.RELEASED_CONFIG, "dino": triposr.DINO_VITB16}, "TripoSR"),
+    _finetune_datamanager(triposr.processor(triposr.RELEASED_CONFIG)),
     "TripoSR's architecture (stabilityai/TripoSR, MIT) for fine-tuning: --pipeline.model.init-from an "
     "lrm-import-weights file.",
 )
@@ -237,17 +241,7 @@ lrm_triposr_method = _finetune_method(
 lrm_openlrm_method = _finetune_method(
     "lrm-openlrm",
     _openlrm_base(),
-    LRMDataManagerConfig(
-        dataparser=LRMDataParserConfig(),
-        objects_per_batch=2,
-        target_views_per_object=4,
-        patch_size=64,
-        render_resolution_range=(64, 256),
-        source_resolution=openlrm.SOURCE_SIZES["base"],
-        source_background=(1.0, 1.0, 1.0),  # OpenLRM's source images: white background, bicubic resize
-        source_resize="bicubic_align_corners",
-        photo_foreground_ratio=0.8,  # OpenLRM's app recentres photos with a 0.2 border
-    ),
+    _finetune_datamanager(openlrm.processor(openlrm.RELEASED_CONFIGS["base"])),
     "OpenLRM v1.1's architecture (base; weights CC BY-NC 4.0) for fine-tuning: --pipeline.model.init-from an "
     "lrm-import-weights file of any size (its architecture is used).",
 )

@@ -68,9 +68,9 @@ class LRMPipelineConfig(VanillaPipelineConfig):
         if self.model.init_from is not None:
             # The weights decide the architecture (and how source images are prepared), before config.yml is
             # written, so that the run's checkpoints reload through its own config.
-            from lrm_nerfstudio.pretrained import adopt_architecture, pretrained_config
+            from lrm_nerfstudio.pretrained import adopt_architecture, load_pretrained
 
-            adopt_architecture(self, pretrained_config(self.model.init_from))
+            adopt_architecture(self, load_pretrained(self.model.init_from, weights=False))
 
 
 class LRMPipeline(VanillaPipeline):

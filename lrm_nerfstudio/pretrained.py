@@ -10,59 +10,82 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
-from nerfstudio.engine.trainer import TrainerConfig
 from torch import Tensor
 
-from lrm_nerfstudio.model.lrm_model import ARCHITECTURE_FIELDS, LRMModel
-from lrm_nerfstudio.scripts.export_weights import ModelLoadError, load_weights
+from lrm_nerfstudio.convert.load import import_folder, read_folder_config
+from lrm_nerfstudio.io.checkpoints import ModelLoadError
+from lrm_nerfstudio.io.weights import WeightsSource, load_weights, save_weights
+from lrm_nerfstudio.model.build import build_model
+from lrm_nerfstudio.model.lrm_model import ARCHITECTURE_FIELDS, LRMModel, LRMModelConfig
+from lrm_nerfstudio.model.processor import ProcessorConfig, apply_processor
 
-SOURCE_PRESET_FIELDS = ("source_resolution", "source_background", "source_resize", "photo_foreground_ratio")
-"""Datamanager fields that say how a model's source images are prepared (they travel with its architecture)."""
+
+@dataclass
+class Pretrained:
+    """A model's configs and weights, from a weights file or a released folder."""
+
+    model: LRMModelConfig
+    """Model config."""
+    processor: ProcessorConfig
+    """How its source images are prepared."""
+    method: str
+    """Registered method it trains with."""
+    source: WeightsSource
+    """Where the weights came from."""
+    state: dict[str, Tensor] = field(default_factory=dict)
+    """State dict (stable or model key names: `build_model` and `load_stable_state` take both); empty when only
+    the configs were read."""
+
+    @property
+    def step(self) -> int:
+        return self.source.step
 
 
-def load_pretrained(path: Path) -> tuple[TrainerConfig, dict[str, Tensor], int]:
-    """(config, model state dict, step) of a weights file (lrm-export-weights / lrm-import-weights) or of a released
-    TripoSR / OpenLRM folder (imported on the fly; step 0).
+def load_pretrained(path: Path, weights: bool = True) -> Pretrained:
+    """The configs and (with `weights`) the state of a weights file (lrm-export-weights / lrm-import-weights) or
+    of a released TripoSR / OpenLRM folder (imported on the fly; step 0).
 
     Raises:
         ModelLoadError: anything unreadable or not fitting; the message starts with the path.
     """
     path = Path(path)
     if path.is_dir():
-        from lrm_nerfstudio.convert.load import import_folder
-
-        config, state = import_folder(path)
-        return config, state, 0
-    return load_weights(path)
-
-
-def pretrained_config(path: Path) -> TrainerConfig:
-    """The config of `load_pretrained(path)` without reading the weights of a released folder."""
-    path = Path(path)
-    if path.is_dir():
-        from lrm_nerfstudio.convert import openlrm, triposr
-        from lrm_nerfstudio.convert.load import detect_family, trainer_config
-
-        family = detect_family(path)
-        module = triposr if family == "triposr" else openlrm
-        return trainer_config(family, module.read_config(path), str(path / module.CONFIG_FILE))
-    return load_weights(path)[0]
+        if not weights:
+            cfg = read_folder_config(path)
+            return Pretrained(cfg.model, cfg.processor, cfg.method, WeightsSource(cfg.family, 0, None))
+        cfg, state = import_folder(path)
+        return Pretrained(cfg.model, cfg.processor, cfg.method, WeightsSource(cfg.family, 0, None), state)
+    loaded = load_weights(path, LRMModelConfig, ProcessorConfig)
+    return Pretrained(loaded.model, loaded.processor, loaded.method, loaded.source, loaded.state)
 
 
-def adopt_architecture(pipeline_config, source: TrainerConfig) -> None:
+def save_pretrained(path: Path, pretrained: Pretrained) -> Path:
+    """Write `pretrained` as a v2 weights file (io/weights.py)."""
+    return save_weights(
+        path,
+        model=clean_model_config(pretrained.model),
+        processor=pretrained.processor,
+        method=pretrained.method,
+        source=pretrained.source,
+        state=pretrained.state,
+    )
+
+
+def clean_model_config(model: LRMModelConfig) -> LRMModelConfig:
+    """`model` without what only makes sense on the machine that wrote it: the path it was initialised from."""
+    return replace(model, init_from=None)
+
+
+def adopt_architecture(pipeline_config, source: Pretrained) -> None:
     """Give `pipeline_config` (an LRMPipelineConfig) the model architecture and source-image preset of `source`."""
-    model, src_model = pipeline_config.model, source.pipeline.model
+    model = pipeline_config.model
     for name in ARCHITECTURE_FIELDS:
-        setattr(model, name, getattr(src_model, name))
-    dm, src_dm = pipeline_config.datamanager, source.pipeline.datamanager
-    names = {f.name for f in fields(dm)}
-    for name in SOURCE_PRESET_FIELDS:
-        if name in names:
-            setattr(dm, name, getattr(src_dm, name))
+        setattr(model, name, getattr(source.model, name))
+    apply_processor(pipeline_config.datamanager, source.processor)
 
 
 def from_pretrained(path: str | Path, device: str | torch.device | None = None) -> LRMModel:
@@ -75,11 +98,9 @@ def from_pretrained(path: str | Path, device: str | torch.device | None = None) 
     Raises:
         ModelLoadError: the path is not a weights file or a released folder, or the weights do not fit.
     """
-    from lrm_nerfstudio.scripts.reconstruct import build_model
-
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    config, state, _ = load_pretrained(Path(path))
-    return build_model(config, state, device, str(path))
+    pretrained = load_pretrained(Path(path))
+    return build_model(pretrained.model, pretrained.state, device, str(path))
 
 
-__all__ = ["ModelLoadError", "from_pretrained", "load_pretrained"]
+__all__ = ["ModelLoadError", "Pretrained", "from_pretrained", "load_pretrained", "save_pretrained"]

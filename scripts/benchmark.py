@@ -122,10 +122,9 @@ def matmul_peak_gflops(device: str, size: int, repeats: int) -> float:
 
 # --------------------------------------------------------------------------------------------------- in-process parts
 def build_model(config, device: str):
-    from lrm_nerfstudio.data.lrm_dataparser import unit_scene_box
+    from lrm_nerfstudio.model.build import new_model
 
-    model = config.pipeline.model.setup(scene_box=unit_scene_box(), num_train_data=1, metadata={})
-    return model.to(device).eval()
+    return new_model(config.pipeline.model, device)
 
 
 def count_params(model) -> dict[str, int]:
@@ -445,26 +444,24 @@ IMPORTED = ("triposr", "openlrm-small", "openlrm-base", "openlrm-large")
 def imported_model(family: str, args, device: str):
     """(model, source resolution, weights origin) of a released architecture: its folder's weights when given."""
     from lrm_nerfstudio.convert import openlrm, triposr
-    from lrm_nerfstudio.convert.load import trainer_config
+    from lrm_nerfstudio.convert.load import imported_config
+    from lrm_nerfstudio.model.build import build_model as build_loaded
+    from lrm_nerfstudio.model.build import new_model
     from lrm_nerfstudio.pretrained import load_pretrained
-    from lrm_nerfstudio.scripts.reconstruct import build_model as build_loaded
 
     folder = args.triposr_dir if family == "triposr" else args.openlrm_dir
     if folder is not None and (family == "triposr" or openlrm.model_size(openlrm.read_config(folder)) in family):
-        config, state, _ = load_pretrained(folder)
-        return (
-            build_loaded(config, state, device, str(folder)),
-            config.pipeline.datamanager.source_resolution,
-            str(folder),
-        )
+        loaded = load_pretrained(folder)
+        return build_loaded(loaded.model, loaded.state, device, str(folder)), loaded.processor.resolution, str(folder)
     if family == "triposr":
-        config = trainer_config("triposr", {**triposr.RELEASED_CONFIG, "dino": triposr.DINO_VITB16}, family)
+        source = {**triposr.RELEASED_CONFIG, "dino": triposr.DINO_VITB16}
+        config = imported_config("triposr", source, family, Path(family))
     else:
         source = dict(openlrm.RELEASED_CONFIGS[family.split("-")[1]])
         source["encoder"] = {**openlrm.ENCODER_DEFAULTS, **openlrm.ENCODERS[source["encoder_model_name"]]}
-        config = trainer_config("openlrm", source, family)
+        config = imported_config("openlrm", source, family, Path(family))
     torch.manual_seed(0)
-    return build_model(config, device), config.pipeline.datamanager.source_resolution, "random"
+    return new_model(config.model, device), config.processor.resolution, "random"
 
 
 def benchmark_imported(family: str, args, device: str) -> dict[str, Any]:

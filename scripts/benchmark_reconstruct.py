@@ -21,8 +21,10 @@ from pathlib import Path
 
 import torch
 
+from lrm_nerfstudio.io.weights import WeightsSource
 from lrm_nerfstudio.lrm_config import lrm_method, lrm_tiny_method
-from lrm_nerfstudio.scripts.export_weights import save_weights
+from lrm_nerfstudio.model.processor import processor_of
+from lrm_nerfstudio.pretrained import Pretrained, save_pretrained
 from lrm_nerfstudio.scripts.reconstruct import OutputOptions, ReconstructConfig
 from lrm_nerfstudio.scripts.reconstruct import main as reconstruct
 
@@ -35,7 +37,14 @@ def random_weights(method: str, folder: Path) -> Path:
     from nerfstudio.data.scene_box import SceneBox
 
     model = config.pipeline.model.setup(scene_box=SceneBox(torch.tensor([[-1.0] * 3, [1.0] * 3])), num_train_data=1)
-    return save_weights(folder / f"{method}-random.safetensors", config, model.state_dict(), 0)
+    pretrained = Pretrained(
+        config.pipeline.model,
+        processor_of(config.pipeline.datamanager),
+        method,
+        WeightsSource("trained", 0, None),
+        model.state_dict(),
+    )
+    return save_pretrained(folder / f"{method}-random.safetensors", pretrained)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
+from lrm_nerfstudio.model.reference import sphere_rgb_density, sphere_triplane
 from lrm_nerfstudio.splat.convert import SplatConversionConfig, gaussians_from_field, triplane_rgb_density
-from lrm_nerfstudio.splat.reference import sphere_rgb_density, sphere_triplane
 
 CENTRE = torch.tensor([0.1, -0.2, 0.15])
 RADIUS = 0.5

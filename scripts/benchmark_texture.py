@@ -129,7 +129,9 @@ def field_of(args) -> tuple:
         )
     from lrm_nerfstudio.cameras import canonical_source_camera
     from lrm_nerfstudio.data.image_preprocess import preprocess_image
-    from lrm_nerfstudio.scripts.reconstruct import background_of, encode_decode, load_model, render_nerf_views
+    from lrm_nerfstudio.inference import predict_triplane, render_nerf_views
+    from lrm_nerfstudio.methods import load_model
+    from lrm_nerfstudio.scripts.reconstruct import background_of
 
     loaded = load_model(weights=args.weights, device="cpu")
     dm = loaded.config.pipeline.datamanager
@@ -137,7 +139,7 @@ def field_of(args) -> tuple:
                            background_color=dm.source_background or background_of(loaded.config),
                            resize=dm.source_resize)  # fmt: skip
     model = loaded.model
-    planes = encode_decode(model, pre.image, canonical_source_camera(), {})
+    planes = predict_triplane(model, pre.image, canonical_source_camera())
     field = model.field
     return (
         lambda p: field.density_at(p[None], planes)[0, :, 0],

@@ -62,8 +62,8 @@ def cuda_timed(fn, repeats: int, warmup: int = 2) -> dict[str, float]:
 
 
 def sphere_gaussians(count: int):
+    from lrm_nerfstudio.model.reference import sphere_rgb_density
     from lrm_nerfstudio.splat.convert import SplatConversionConfig, gaussians_from_field
-    from lrm_nerfstudio.splat.reference import sphere_rgb_density
 
     fn = sphere_rgb_density(torch.tensor([0.1, -0.2, 0.15]), 0.5)
     start = time.perf_counter()
@@ -114,16 +114,15 @@ def section_gsplat_render() -> dict[str, Any]:
 def section_refine(steps: int) -> dict[str, Any]:
     import numpy as np
 
-    from lrm_nerfstudio.data.lrm_dataparser import unit_scene_box
+    from lrm_nerfstudio.inference import render_nerf_views
     from lrm_nerfstudio.lrm_config import lrm_tiny_method
-    from lrm_nerfstudio.scripts.reconstruct import render_nerf_views
+    from lrm_nerfstudio.model.build import new_model
+    from lrm_nerfstudio.model.reference import sphere_triplane
     from lrm_nerfstudio.splat.convert import SplatConversionConfig, gaussians_from_triplane
-    from lrm_nerfstudio.splat.reference import sphere_triplane
     from lrm_nerfstudio.splat.refine import SplatRefineConfig, distillation_cameras, refine_gaussians
 
     model_config = replace(lrm_tiny_method.config.pipeline.model, use_lpips=False)
-    model = model_config.setup(scene_box=unit_scene_box(), num_train_data=1, metadata={}, device="cuda")
-    model = model.to("cuda").eval()
+    model = new_model(model_config, "cuda")
     field, planes = sphere_triplane(torch.tensor([0.1, -0.2, 0.15]), 0.5)
     model.field = field.to("cuda")  # the LRM renderer (nerfstudio samplers) on a known triplane
     planes = planes.to("cuda")
@@ -245,9 +244,9 @@ def json_stdout():
 
 def write_json(path: Path, report: dict[str, Any]) -> None:
     """Write `report` to `path` atomically (a reader never sees half a file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, path)
+    from lrm_nerfstudio.io.atomic import atomic_write_text
+
+    atomic_write_text(path, json.dumps(report, indent=2))
 
 
 def main(argv: list[str] | None = None) -> int:

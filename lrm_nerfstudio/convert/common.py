@@ -9,7 +9,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lrm_nerfstudio.scripts.export_weights import ModelLoadError
+from lrm_nerfstudio.io.checkpoints import ModelLoadError
+from lrm_nerfstudio.io.state_keys import to_stable
+from lrm_nerfstudio.model.build import inference_config, new_model
+
+FINETUNE_RAYS_PER_CHUNK = 1 << 13
+"""Rays per chunk of an imported model's full-image renders (its methods' setting)."""
 
 
 class WeightsImportError(ModelLoadError):
@@ -120,11 +125,8 @@ def meta_state(shapes: dict[str, list[int]]) -> dict[str, Tensor]:
 
 
 def model_shapes(model_config: Any) -> dict[str, tuple[int, ...]]:
-    """Keys and shapes of the state dict of the LRMModel that `model_config` builds, built on the meta device."""
-    from dataclasses import replace
-
-    from lrm_nerfstudio.data.lrm_dataparser import unit_scene_box
-
+    """Keys (the stable names of weights files, io/state_keys.py) and shapes of the state dict of the LRMModel that
+    `model_config` builds, built on the meta device."""
     with torch.device("meta"):
-        model = replace(model_config, use_lpips=False).setup(scene_box=unit_scene_box(), num_train_data=1, metadata={})
-    return {key: tuple(t.shape) for key, t in model.state_dict().items()}
+        model = new_model(inference_config(model_config), "meta")
+    return {to_stable(key): tuple(t.shape) for key, t in model.state_dict().items()}

@@ -1,19 +1,39 @@
-"""Released folder -> (TrainerConfig, state dict) in the project's format; `from_pretrained`."""
+"""Released folder -> (model config, processor config, method name, state dict) in the project's format."""
 
 from __future__ import annotations
 
-from copy import deepcopy
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
-from nerfstudio.engine.trainer import TrainerConfig
 from torch import Tensor
 
 from lrm_nerfstudio.convert import openlrm, triposr
-from lrm_nerfstudio.convert.common import WeightsImportError, model_shapes
+from lrm_nerfstudio.convert.common import FINETUNE_RAYS_PER_CHUNK, WeightsImportError, model_shapes
+from lrm_nerfstudio.model.lrm_model import LRMModelConfig
+from lrm_nerfstudio.model.processor import ProcessorConfig
 
 Family = Literal["triposr", "openlrm"]
+
+METHODS: dict[str, str] = {"triposr": "lrm-triposr", "openlrm": "lrm-openlrm"}
+"""The registered method that fine-tunes each family."""
+
+
+@dataclass
+class ImportedConfig:
+    """What a released folder's config says, in the project's terms."""
+
+    family: Family
+    """Which release."""
+    model: LRMModelConfig
+    """The model's architecture."""
+    processor: ProcessorConfig
+    """How its source images are prepared."""
+    method: str
+    """The registered method that fine-tunes it."""
+    weights_file: Path
+    """The released checkpoint file."""
 
 
 def detect_family(folder: Path) -> Family:
@@ -36,20 +56,33 @@ def detect_family(folder: Path) -> Family:
     )
 
 
-def trainer_config(family: Family, source_config: dict, name: str) -> TrainerConfig:
-    """The fine-tuning method's TrainerConfig (`lrm-triposr` / `lrm-openlrm`) with the model of `source_config`."""
-    from lrm_nerfstudio import lrm_config
-
-    module = triposr if family == "triposr" else openlrm
-    method = lrm_config.lrm_triposr_method if family == "triposr" else lrm_config.lrm_openlrm_method
-    config = deepcopy(method.config)
-    config.pipeline.model = module.model_config(source_config, name)
-    config.pipeline.model.eval_num_rays_per_chunk = method.config.pipeline.model.eval_num_rays_per_chunk
-    config.pipeline.datamanager.source_resolution = module.source_resolution(source_config)
-    return config  # type: ignore[return-value]
+def _module(family: Family):
+    return triposr if family == "triposr" else openlrm
 
 
-def import_folder(folder: Path, family: Family | None = None) -> tuple[TrainerConfig, dict[str, Tensor]]:
+def imported_config(family: Family, source_config: dict, name: str, folder: Path) -> ImportedConfig:
+    """The project's model and processor configs for a released model's own config (`name`: its file)."""
+    module = _module(family)
+    model = module.model_config(source_config, name)
+    model.eval_num_rays_per_chunk = FINETUNE_RAYS_PER_CHUNK
+    return ImportedConfig(
+        family, model, module.processor(source_config), METHODS[family], Path(folder) / module.WEIGHTS_FILE
+    )
+
+
+def read_folder_config(folder: Path, family: Family | None = None) -> ImportedConfig:
+    """The configs of a released folder, without reading its weights.
+
+    Raises:
+        WeightsImportError: not a released folder, or a config that cannot be read.
+    """
+    folder = Path(folder)
+    family = family or detect_family(folder)
+    module = _module(family)
+    return imported_config(family, module.read_config(folder), str(folder / module.CONFIG_FILE), folder)
+
+
+def import_folder(folder: Path, family: Family | None = None) -> tuple[ImportedConfig, dict[str, Tensor]]:
     """Read a released folder and map every key of its checkpoint onto the project's model, shapes checked.
 
     Raises:
@@ -57,10 +90,10 @@ def import_folder(folder: Path, family: Family | None = None) -> tuple[TrainerCo
     """
     folder = Path(folder)
     family = family or detect_family(folder)
-    module = triposr if family == "triposr" else openlrm
+    module = _module(family)
     source_config = module.read_config(folder)
-    config = trainer_config(family, source_config, str(folder / module.CONFIG_FILE))
+    config = imported_config(family, source_config, str(folder / module.CONFIG_FILE), folder)
     state = module.read_state(folder)
     mapper = module.convert_state(state, source_config, str(folder / module.WEIGHTS_FILE))
     mapper.put("device_indicator_param", torch.empty(0), "(nerfstudio's device marker, no source key)")
-    return config, mapper.finish(model_shapes(config.pipeline.model))
+    return config, mapper.finish(model_shapes(config.model))

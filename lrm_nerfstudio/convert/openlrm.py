@@ -31,6 +31,7 @@ from lrm_nerfstudio.convert.common import StateMapper, WeightsImportError, need,
 from lrm_nerfstudio.model.camera_embedder import CameraEmbedderConfig
 from lrm_nerfstudio.model.encoder import ImageEncoderConfig
 from lrm_nerfstudio.model.lrm_model import LRMModelConfig
+from lrm_nerfstudio.model.processor import ProcessorConfig
 from lrm_nerfstudio.model.triplane_field import TriplaneFieldConfig
 from lrm_nerfstudio.model.triplane_transformer import TriplaneTransformerConfig
 from lrm_nerfstudio.model.upsampler import TriplaneUpsamplerConfig
@@ -171,6 +172,17 @@ def source_resolution(config: dict[str, Any]) -> int:
     return int(config.get("encoder", {}).get("img_size", 224))
 
 
+def processor(config: dict[str, Any]) -> ProcessorConfig:
+    """OpenLRM's source images: white background, bicubic resize with align_corners; its app recentres photos
+    with a 0.2 border."""
+    return ProcessorConfig(
+        resolution=source_resolution(config),
+        background=(1.0, 1.0, 1.0),
+        resize="bicubic_align_corners",
+        foreground_ratio=0.8,
+    )
+
+
 # ----------------------------------------------------------------------------------------------------- weights
 def read_state(folder: Path) -> dict[str, Tensor]:
     """model.safetensors as a state dict."""
@@ -186,38 +198,38 @@ def convert_state(state: dict[str, Tensor], config: dict[str, Any], name: str) -
     """Map OpenLRM's state dict onto the project's key names (call `.finish(expected)` to check it)."""
     m = StateMapper(state, name)
     enc = config["encoder"]
-    src, dst = "encoder.model.", "encoder.backbone."
+    src, dst = "encoder.model.", "encoder.vit."  # stable names: independent of transformers' internals
     for old, new in (
-        ("cls_token", "embeddings.cls_token"),
-        ("pos_embed", "embeddings.position_embeddings"),
-        ("register_tokens", "embeddings.register_tokens"),
-        ("patch_embed.proj.weight", "embeddings.patch_embeddings.projection.weight"),
-        ("patch_embed.proj.bias", "embeddings.patch_embeddings.projection.bias"),
-        ("norm.weight", "layernorm.weight"),
-        ("norm.bias", "layernorm.bias"),
+        ("cls_token", "cls_token"),
+        ("pos_embed", "pos_embed"),
+        ("register_tokens", "register_tokens"),
+        ("patch_embed.proj.weight", "patch_embed.weight"),
+        ("patch_embed.proj.bias", "patch_embed.bias"),
+        ("norm.weight", "norm.weight"),
+        ("norm.bias", "norm.bias"),
     ):
         m.copy(src + old, dst + new)
     for i in range(int(enc["depth"])):
-        s, t = f"{src}blocks.{i}.", f"{dst}encoder.layer.{i}."
+        s, t = f"{src}blocks.{i}.", f"{dst}blocks.{i}."
         for p in ("weight", "bias"):
             qkv = m.take(f"{s}attn.qkv.{p}")
             if qkv.shape[0] % 3:
                 raise WeightsImportError(f"{name}: key {s}attn.qkv.{p!r} has shape {tuple(qkv.shape)}, not 3 x width")
             for x, part in zip("qkv", qkv.chunk(3, dim=0)):
-                m.put(f"{t}attention.{x}_proj.{p}", part, f"{s}attn.qkv.{p}")
+                m.put(f"{t}attn.{x}.{p}", part, f"{s}attn.qkv.{p}")
         for old, new in (
             ("norm1.weight", "norm1.weight"),
             ("norm1.bias", "norm1.bias"),
-            ("attn.proj.weight", "attention.o_proj.weight"),
-            ("attn.proj.bias", "attention.o_proj.bias"),
-            ("ls1.gamma", "layer_scale1.lambda1"),
+            ("attn.proj.weight", "attn.out.weight"),
+            ("attn.proj.bias", "attn.out.bias"),
+            ("ls1.gamma", "ls1"),
             ("norm2.weight", "norm2.weight"),
             ("norm2.bias", "norm2.bias"),
             ("mlp.fc1.weight", "mlp.fc1.weight"),
             ("mlp.fc1.bias", "mlp.fc1.bias"),
             ("mlp.fc2.weight", "mlp.fc2.weight"),
             ("mlp.fc2.bias", "mlp.fc2.bias"),
-            ("ls2.gamma", "layer_scale2.lambda1"),
+            ("ls2.gamma", "ls2"),
         ):
             m.copy(s + old, t + new)
 

@@ -10,8 +10,8 @@ TripoSR's modules map onto the project's parts as configuration (lrm_nerfstudio/
   `field.frame_axes` / `frame_signs`: TripoSR's point (x, y, z) is the project's (y, -x, z), so TripoSR's +X camera
   (its renders start there, +Z up, image right = +Y) is the project's canonical camera on -Y.
 
-Key names are those of transformers 4.35 (what TripoSR pins) on the source side and of the installed transformers
-on the project's side.
+Key names are those of transformers 4.35 (what TripoSR pins) on the source side and the project's stable weights-file
+names (io/state_keys.py) on the other, so an import does not depend on the installed transformers' module names.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from torch import Tensor
 from lrm_nerfstudio.convert.common import StateMapper, WeightsImportError, need, require_file
 from lrm_nerfstudio.model.encoder import ImageEncoderConfig
 from lrm_nerfstudio.model.lrm_model import LRMModelConfig
+from lrm_nerfstudio.model.processor import ProcessorConfig
 from lrm_nerfstudio.model.triplane_field import PLANE_AXES, TriplaneFieldConfig
 from lrm_nerfstudio.model.triplane_transformer import TriplaneTransformerConfig
 from lrm_nerfstudio.model.upsampler import TriplaneUpsamplerConfig
@@ -76,15 +77,16 @@ FRAME_SIGNS = (-1.0, 1.0, 1.0)
 """TripoSR's point (x, y, z) is the project's (y, -x, z): TripoSR x = -project y, y = project x, z = z."""
 
 _VIT_RENAMES = (
-    ("attention.attention.query.", "attention.q_proj."),
-    ("attention.attention.key.", "attention.k_proj."),
-    ("attention.attention.value.", "attention.v_proj."),
-    ("attention.output.dense.", "attention.o_proj."),
+    ("attention.attention.query.", "attn.q."),
+    ("attention.attention.key.", "attn.k."),
+    ("attention.attention.value.", "attn.v."),
+    ("attention.output.dense.", "attn.out."),
     ("intermediate.dense.", "mlp.fc1."),
     ("output.dense.", "mlp.fc2."),
-    ("layernorm_before.", "layernorm_before."),
-    ("layernorm_after.", "layernorm_after."),
+    ("layernorm_before.", "norm1."),
+    ("layernorm_after.", "norm2."),
 )
+"""TripoSR's ViT block keys (transformers 4 names) -> the project's stable names (io/state_keys.py)."""
 
 
 # ----------------------------------------------------------------------------------------------------- config
@@ -213,6 +215,16 @@ def source_resolution(config: dict[str, Any]) -> int:
     return int(config.get("cond_image_size", 512))
 
 
+def processor(config: dict[str, Any]) -> ProcessorConfig:
+    """TripoSR's source images: grey background, object at 0.85 of the side, bilinear antialiased resize."""
+    return ProcessorConfig(
+        resolution=source_resolution(config),
+        background=(0.5, 0.5, 0.5),
+        resize="bilinear_antialias",
+        foreground_ratio=0.85,
+    )
+
+
 # ----------------------------------------------------------------------------------------------------- weights
 def read_state(folder: Path) -> dict[str, Tensor]:
     """model.ckpt as a state dict, read with `torch.load(weights_only=True)`."""
@@ -232,17 +244,19 @@ def convert_state(state: dict[str, Tensor], config: dict[str, Any], name: str) -
     """Map TripoSR's state dict onto the project's key names (call `.finish(expected)` to check it)."""
     m = StateMapper(state, name)
     vit = config.get("dino", DINO_VITB16)
-    src, dst = "image_tokenizer.model.", "encoder.backbone."
-    m.copy_prefix(
-        src + "embeddings.",
-        dst + "embeddings.",
-        ("cls_token", "position_embeddings", "patch_embeddings.projection.weight", "patch_embeddings.projection.bias"),
-    )
+    src, dst = "image_tokenizer.model.", "encoder.vit."  # stable names: independent of transformers' internals
+    for old, new in (
+        ("cls_token", "cls_token"),
+        ("position_embeddings", "pos_embed"),
+        ("patch_embeddings.projection.weight", "patch_embed.weight"),
+        ("patch_embeddings.projection.bias", "patch_embed.bias"),
+    ):
+        m.copy(f"{src}embeddings.{old}", dst + new)
     for i in range(int(vit["num_hidden_layers"])):
         for old, new in _VIT_RENAMES:
             for p in ("weight", "bias"):
-                m.copy(f"{src}encoder.layer.{i}.{old}{p}", f"{dst}layers.{i}.{new}{p}")
-    m.copy_prefix(src + "layernorm.", dst + "layernorm.", ("weight", "bias"))
+                m.copy(f"{src}encoder.layer.{i}.{old}{p}", f"{dst}blocks.{i}.{new}{p}")
+    m.copy_prefix(src + "layernorm.", dst + "norm.", ("weight", "bias"))
     for p in ("weight", "bias"):  # TripoSR builds the ViT with its pooler but never uses it
         if m.has(f"{src}pooler.dense.{p}"):
             m.drop(f"{src}pooler.dense.{p}")

@@ -31,7 +31,16 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from lrm_nerfstudio.cameras import CANONICAL_DISTANCE, CANONICAL_FOCAL, camera_vector, look_at, spherical_eye
+from lrm_nerfstudio import ranks
+from lrm_nerfstudio.cameras import (  # noqa: F401 (ring_cameras re-exported: it lived here)
+    CANONICAL_DISTANCE,
+    CANONICAL_FOCAL,
+    camera_vector,
+    look_at,
+    ring_cameras,
+    spherical_eye,
+    unit_scene_box,
+)
 from lrm_nerfstudio.data.dataset_format import (
     DatasetFormatError,
     ObjectViews,
@@ -39,8 +48,7 @@ from lrm_nerfstudio.data.dataset_format import (
     load_depth,
     load_rgba,
 )
-from lrm_nerfstudio.data.lrm_dataparser import LRMDataParser, LRMDataParserConfig, unit_scene_box
-from lrm_nerfstudio.training import distributed
+from lrm_nerfstudio.data.lrm_dataparser import LRMDataParser, LRMDataParserConfig
 
 Background = Literal["white", "black", "random", "random_per_step"]
 SourceResize = Literal["bilinear_antialias", "bicubic_align_corners"]
@@ -214,27 +222,6 @@ def _strided_patch(
         depth = depth[:, y0 : y0 + span : stride, x0 : x0 + span : stride]
     # grid pixel j's centre j + 1/2 looks along full-resolution pixel x0 + stride * j's centre
     return prem, depth, [fx / stride, fy / stride, 0.5 + (cx - x0 - 0.5) / stride, 0.5 + (cy - y0 - 0.5) / stride]
-
-
-def ring_cameras(resolution: int = 128, n_azimuth: int = 8, elevations: tuple[float, ...] = (-30.0, 30.0)) -> Cameras:
-    """Synthetic cameras around the origin (distance 2, canonical focal) for single-image inference."""
-    c2ws = [
-        look_at(spherical_eye(CANONICAL_DISTANCE, az, el))
-        for el in elevations
-        for az in np.linspace(0.0, 360.0, n_azimuth, endpoint=False)
-    ]
-    n = len(c2ws)
-    f = CANONICAL_FOCAL * resolution
-    return Cameras(
-        camera_to_worlds=torch.from_numpy(np.stack(c2ws)).float(),
-        fx=torch.full((n, 1), f),
-        fy=torch.full((n, 1), f),
-        cx=torch.full((n, 1), resolution / 2),
-        cy=torch.full((n, 1), resolution / 2),
-        width=torch.full((n, 1), resolution, dtype=torch.long),
-        height=torch.full((n, 1), resolution, dtype=torch.long),
-        camera_type=CameraType.PERSPECTIVE,
-    )
 
 
 class _Item(NamedTuple):
@@ -455,7 +442,7 @@ class LRMDataManager(VanillaDataManager):
         self.world_size = max(1, int(world_size))
         self.local_rank = int(local_rank)
         # nerfstudio passes the rank on this machine; the shard must follow the rank among all machines' processes
-        self.rank = distributed.global_rank() if distributed.is_distributed() else self.local_rank
+        self.rank = ranks.global_rank() if ranks.is_distributed() else self.local_rank
         self.test_mode = test_mode
         self.test_split = "test" if test_mode in ("test", "inference") else "val"
         self.includes_time = False

@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 from nerfstudio.cameras.cameras import Cameras, CameraType
 from nerfstudio.data.dataparsers.base_dataparser import DataParser, DataParserConfig, DataparserOutputs
-from nerfstudio.data.scene_box import SceneBox
 
+from lrm_nerfstudio.cameras import ring_cameras, unit_scene_box
 from lrm_nerfstudio.data.dataset_format import (
     DEFAULT_MAX_PIXELS,
     SPLITS,
@@ -44,11 +44,6 @@ from lrm_nerfstudio.data.dataset_format import (
 )
 from lrm_nerfstudio.data.layouts import FolderLayout, LayoutOptions, detect_layout
 from lrm_nerfstudio.data.shards import ShardIndex, is_sharded
-
-
-def unit_scene_box() -> SceneBox:
-    """The [-1, 1]^3 box every object is normalised to."""
-    return SceneBox(aabb=torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]]))
 
 
 class BadObjectTracker:
@@ -280,8 +275,6 @@ class LRMDataParser(DataParser):
     def _generate_dataparser_outputs(self, split: str = "train", **kwargs) -> DataparserOutputs:
         """Outputs for the first object of `split` (or of any split); a ring of cameras for a single image."""
         if self.index is None:
-            from lrm_nerfstudio.data.lrm_datamanager import ring_cameras  # local: avoids an import cycle
-
             cams = ring_cameras(64)
             return DataparserOutputs(
                 image_filenames=[self.data] * len(cams),

@@ -47,6 +47,7 @@ from lrm_nerfstudio.data.dataset_format import (
 )
 from lrm_nerfstudio.data.dataset_format import read_object as read_object_folder
 from lrm_nerfstudio.data.layouts import FolderLayout, LayoutOptions, detect_layout
+from lrm_nerfstudio.io.atomic import atomic_path, atomic_write_text
 
 SHARD_INDEX_FORMAT = "lrm-shards"
 """Value of the "format" key of shards.json."""
@@ -281,8 +282,8 @@ def pack_shards(config: PackShardsConfig) -> Path:
         name = f"shards/shard-{s:05d}.tar"
         shard_names.append(name)
         chunk = ids[s * len(ids) // num_shards : (s + 1) * len(ids) // num_shards]
-        tmp = out / (name + ".partial")
-        with open(tmp, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        with atomic_path(out / name, suffix=".partial") as tmp, open(tmp, "wb") as f, \
+                tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:  # fmt: skip
             for oid in chunk:
                 start = tar.offset
                 for member, item in files[oid]:
@@ -292,10 +293,9 @@ def pack_shards(config: PackShardsConfig) -> Path:
                     info.mtime = 0  # byte-identical shards for identical input
                     tar.addfile(info, io.BytesIO(data))
                 objects[oid] = [s, start, tar.offset]
-        os.replace(tmp, out / name)
-    (out / "shards.json").write_text(
+    atomic_write_text(
+        out / "shards.json",
         json.dumps({"format": SHARD_INDEX_FORMAT, "version": 1, "shards": shard_names, "objects": objects}),
-        encoding="utf-8",
     )
     if layout is None:
         meta = json.loads((index.root / "dataset.json").read_text(encoding="utf-8"))
@@ -303,9 +303,7 @@ def pack_shards(config: PackShardsConfig) -> Path:
         splits = {split: v for split, v in index.splits.items() if v}
         meta = {"format": "lrm-multiview", "version": 1, "splits": splits, "packed_from": kind}
     meta["storage"] = {"type": STORAGE_TYPE, "index": "shards.json"}
-    tmp = out / "dataset.json.partial"
-    tmp.write_text(json.dumps(meta, indent=1), encoding="utf-8")
-    os.replace(tmp, out / "dataset.json")  # written last: a dataset.json means the shards are complete
+    atomic_write_text(out / "dataset.json", json.dumps(meta, indent=1))  # last: a dataset.json means complete
     return out
 
 

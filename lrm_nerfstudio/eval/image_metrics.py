@@ -11,16 +11,12 @@ import math
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from torchmetrics.functional import structural_similarity_index_measure
 
 from lrm_nerfstudio.model.losses import PerceptualLoss
+from lrm_nerfstudio.model.metrics import image_quality, psnr
 
 MASK_THRESHOLD = 0.5
 """Alpha / accumulation above this counts as object."""
-
-
-def _psnr(squared_error: Tensor) -> float:
-    return float(-10.0 * torch.log10(squared_error.mean().clamp(min=1e-10)))
 
 
 @torch.no_grad()
@@ -42,18 +38,12 @@ def view_metrics(
     device = device or pred_rgb.device
     pred = pred_rgb.to(device).clamp(0, 1).float()
     true = true_rgb.to(device).float()
+    out: dict[str, float | None] = dict(image_quality(pred, true, perceptual))
     squared = (pred - true) ** 2
-    out: dict[str, float | None] = {"psnr": _psnr(squared)}
-    pred_nchw, true_nchw = pred.permute(2, 0, 1)[None], true.permute(2, 0, 1)[None]
-    out["ssim"] = float(structural_similarity_index_measure(pred_nchw, true_nchw, data_range=1.0))
-    if perceptual is not None and perceptual.available:
-        lpips = perceptual(pred_nchw, true_nchw)
-        if lpips is not None:
-            out["lpips"] = float(lpips)
     pred_mask = pred_alpha[..., 0].to(pred.device) > MASK_THRESHOLD
     true_mask = true_alpha[..., 0].to(pred.device) > MASK_THRESHOLD
     union = pred_mask | true_mask
-    out["masked_psnr"] = _psnr(squared[union]) if union.any() else None
+    out["masked_psnr"] = psnr(squared[union]) if union.any() else None
     out["mask_iou"] = mask_iou(pred_alpha, true_alpha)
     return out
 

@@ -10,8 +10,6 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from lrm_nerfstudio.eval.image_metrics import mean_metrics
+from lrm_nerfstudio.io.atomic import atomic_write_bytes
 
 IMAGE_KEYS = ("psnr", "ssim", "lpips", "masked_psnr", "mask_iou")
 """Image metrics, in table order."""
@@ -44,16 +43,7 @@ def label(key: str, arrow: bool = True) -> str:
 # ------------------------------------------------------------------------------------------------------ writing
 def atomic_write(path: Path, data: bytes | str) -> None:
     """Write `data` beside `path`, then rename it over `path`: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data)
 
 
 def write_png(path: Path, image: np.ndarray) -> None:

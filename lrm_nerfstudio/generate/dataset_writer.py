@@ -27,6 +27,7 @@ import numpy as np
 from rich.console import Console
 
 from lrm_nerfstudio.generate.renderer import Lighting, MeshRenderer, View, write_view
+from lrm_nerfstudio.io.atomic import atomic_write_text
 from lrm_nerfstudio.progress import stage_progress
 
 DATASET_FORMAT = "lrm-multiview"
@@ -39,9 +40,7 @@ CONSOLE = Console(stderr=True)
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     """Write JSON to a temporary name in the same folder, then rename over `path` (readers never see half a file)."""
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def check_output_dir(root: Path) -> None:

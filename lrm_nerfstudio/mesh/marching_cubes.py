@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import trimesh
 from jaxtyping import Float
 from torch import Tensor
 
+from lrm_nerfstudio.io.atomic import atomic_write_bytes
 from lrm_nerfstudio.mesh.texture import TexturedMesh, obj_files
 
 DensityFn = Callable[[Float[Tensor, "P 3"]], Float[Tensor, "P"]]
@@ -688,18 +688,6 @@ def _coarse_to_fine_mesh(density_fn, resolution, lo, hi, chunk_size, iso_level, 
     return verts, faces, iso, coarse
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    # Readers (the viewer, a browser download) must never see a half-written file: write beside it, then rename.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 Z_UP_TO_Y_UP = np.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0], [0, 0, 0, 1]], dtype=np.float64)
 """(x, y, z) -> (x, z, -y): the project's +Z-up world to glTF's +Y-up; the object's front (-Y) becomes +Z."""
 
@@ -761,6 +749,7 @@ def save_mesh(
         files = data if isinstance(data, dict) else {f"{stem}.{fmt}": data}
         for name, content in sorted(files.items(), key=lambda item: item[0].endswith(".obj")):
             path = out / name
-            _atomic_write_bytes(path, content.encode() if isinstance(content, str) else content)
+            # readers (the viewer, a browser download) never see a half-written file
+            atomic_write_bytes(path, content.encode() if isinstance(content, str) else content)
             paths[names.get(path.suffix[1:], fmt)] = path
     return paths

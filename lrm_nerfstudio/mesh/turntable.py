@@ -7,8 +7,6 @@ canonical distance and focal, so the first frame (azimuth 0, elevation 0) would 
 from __future__ import annotations
 
 import importlib.util
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import torch
 from nerfstudio.cameras.cameras import Cameras, CameraType
 
 from lrm_nerfstudio.cameras import CANONICAL_DISTANCE, CANONICAL_FOCAL, look_at, spherical_eye
+from lrm_nerfstudio.io.atomic import atomic_path
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm")
 
@@ -131,9 +130,7 @@ def write_turntable(frames: list[np.ndarray], path: str | Path, fps: float | int
     elif suffix not in VIDEO_SUFFIXES and suffix != ".gif":
         raise ValueError(f"write_turntable: {path}: unsupported extension, use .gif or one of {VIDEO_SUFFIXES}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=suffix)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=suffix) as tmp:
         if suffix == ".gif":
             # Pillow's GIF writer takes the per-frame duration in milliseconds; loop=0 loops forever.
             iio.imwrite(tmp, np.stack(data), extension=".gif", duration=1000.0 / fps, loop=0)
@@ -142,8 +139,4 @@ def write_turntable(frames: list[np.ndarray], path: str | Path, fps: float | int
 
             # Even sides: most H.264 players reject odd sizes; macro_block_size=1 keeps the size exact otherwise.
             iio2.mimwrite(tmp, data, fps=fps, format="FFMPEG", macro_block_size=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

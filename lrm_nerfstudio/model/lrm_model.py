@@ -7,6 +7,8 @@ decoder and triplane NeRF, §3.3 training objective.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -24,11 +26,11 @@ from nerfstudio.models.base_model import Model, ModelConfig
 from nerfstudio.utils import colormaps
 from torch import Tensor
 from torch.nn import Parameter
-from torchmetrics.functional import structural_similarity_index_measure
 
 from lrm_nerfstudio.model.camera_embedder import CameraEmbedderConfig
 from lrm_nerfstudio.model.encoder import ImageEncoderConfig
 from lrm_nerfstudio.model.losses import PerceptualLoss, PerceptualNet, triplane_tv_loss
+from lrm_nerfstudio.model.metrics import image_quality
 from lrm_nerfstudio.model.pixel_lift import PixelLiftConfig
 from lrm_nerfstudio.model.triplane_field import TriplaneFieldConfig
 from lrm_nerfstudio.model.triplane_transformer import TriplaneTransformerConfig
@@ -194,26 +196,37 @@ class LRMModel(Model):
         return None if self.camera_embedder is None else self.camera_embedder(source_cameras)
 
     def predict_triplanes(
-        self, source_images: Float[Tensor, "B 3 H W"], source_cameras: Float[Tensor, "B 16"]
+        self,
+        source_images: Float[Tensor, "B 3 H W"],
+        source_cameras: Float[Tensor, "B 16"],
+        stage: Callable[[str], AbstractContextManager] | None = None,
     ) -> Float[Tensor, "B 3 C R R"]:
-        """Image-to-triplane (§3.1-3.2): encode, embed the camera, decode tokens, upsample.
+        """Image-to-triplane (§3.1-3.2): encode, embed the camera, decode tokens, upsample, add the pixel lift.
+
+        The one image-to-triplane path: training, the viewer, lrm-reconstruct, lrm-eval and the exporters all
+        call it.
 
         Args:
             source_images: RGB in [0, 1] at the model's source resolution, composited on its background (the
                 encoder normalises them, or not, as its config says).
             source_cameras: camera vectors (`lrm_nerfstudio.cameras.camera_vector`); ignored by a decoder without
                 camera input.
+            stage: called as `with stage("encode"):` around the ViT and `with stage("decode"):` around the rest
+                (e.g. to time them); None: no hook.
 
         Returns:
             The triplane, in the layout `field.config.plane_axes` reads.
         """
+        stage = stage or (lambda _: nullcontext())
         with self._autocast(source_images.device):
-            tokens = self.encoder(source_images)
-            cam = self.embed_camera(source_cameras)
-            planes = self.transformer(tokens, cam)
-            planes = self.upsampler(planes)
-            if self.pixel_lift is not None:
-                planes = planes + self.pixel_lift(source_images, tokens)
+            with stage("encode"):
+                tokens = self.encoder(source_images)
+            with stage("decode"):
+                cam = self.embed_camera(source_cameras)
+                planes = self.transformer(tokens, cam)
+                planes = self.upsampler(planes)
+                if self.pixel_lift is not None:
+                    planes = planes + self.pixel_lift(source_images, tokens)
         return planes.float()
 
     # ----------------------------------------------------------------------------------------------- rendering
@@ -423,10 +436,17 @@ class LRMModel(Model):
 
     @torch.no_grad()
     def render_camera(
-        self, camera: Cameras, triplanes: Float[Tensor, "1 3 C R R"] | None = None, compute_normals: bool = True
+        self,
+        camera: Cameras,
+        triplanes: Float[Tensor, "1 3 C R R"] | None = None,
+        compute_normals: bool = True,
+        background: Float[Tensor, "3"] | None = None,
     ) -> dict[str, Tensor]:
-        """Render one full camera view (chunked) with `triplanes`, or with the display triplane (normals too unless
-        `compute_normals` is off, which saves the density-gradient pass)."""
+        """Render one full camera view with `triplanes`, or with the display triplane (normals too unless
+        `compute_normals` is off, which saves the density-gradient pass), on `background` (default white).
+
+        The one chunked renderer (eval_num_rays_per_chunk rays at a time): the viewer, evaluation, turntables and
+        splat distillation targets all render through it."""
         if triplanes is None:
             triplanes = self.display_triplanes()
         bundle = camera.generate_rays(camera_indices=0, keep_shape=True).to(self.device)
@@ -435,7 +455,11 @@ class LRMModel(Model):
         chunk = self.config.eval_num_rays_per_chunk
         pieces: dict[str, list[Tensor]] = {}
         for start in range(0, len(flat), chunk):
-            outputs = self.render_triplanes(flat[start : start + chunk], triplanes, compute_normals=compute_normals)
+            part = flat[start : start + chunk]
+            if background is not None:
+                bg = background.to(self.device).expand(len(part), 3)
+                part.metadata = {**(part.metadata or {}), "background_color": bg}
+            outputs = self.render_triplanes(part, triplanes, compute_normals=compute_normals)
             for key, value in outputs.items():
                 if isinstance(value, Tensor):
                     pieces.setdefault(key, []).append(value)
@@ -490,19 +514,8 @@ class LRMModel(Model):
         return perceptual
 
     def image_metrics(self, rgb: Float[Tensor, "H W 3"], image: Float[Tensor, "H W 3"]) -> dict[str, float]:
-        """PSNR, SSIM and (when available) LPIPS of one rendered view."""
-        rgb = rgb.clamp(0, 1)
-        pred = rgb.permute(2, 0, 1)[None]
-        gt = image.to(rgb.device).permute(2, 0, 1)[None]
-        mse = torch.mean((pred - gt) ** 2)
-        metrics = {
-            "psnr": float(-10.0 * torch.log10(mse.clamp(min=1e-10))),
-            "ssim": float(structural_similarity_index_measure(pred, gt, data_range=1.0)),
-        }
-        lpips = self.perceptual_loss(pred, gt)
-        if lpips is not None:
-            metrics["lpips"] = float(lpips)
-        return metrics
+        """PSNR, SSIM and (when available) LPIPS of one rendered view (model/metrics.py)."""
+        return image_quality(rgb, image, self.perceptual_loss)
 
     def get_image_metrics_and_images(
         self, outputs: dict[str, Tensor], batch: dict[str, Tensor]

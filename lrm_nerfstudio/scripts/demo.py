@@ -32,10 +32,10 @@ from rich.table import Table
 
 from lrm_nerfstudio.generate.shapes import ShapeConfig
 from lrm_nerfstudio.generate.textures import TextureConfig
+from lrm_nerfstudio.io.checkpoints import find_checkpoint, read_trainer_config
 from lrm_nerfstudio.lrm_config import DEMO_STEPS, lrm_demo_method
 from lrm_nerfstudio.mesh.cleanup import check_cleanup_options
 from lrm_nerfstudio.mesh.texture import check_texture_resolution
-from lrm_nerfstudio.scripts.export_weights import find_checkpoint, read_trainer_config
 from lrm_nerfstudio.scripts.reconstruct import LoadedModel, OutputOptions, display_config, reconstruct_source
 
 STATE_FILE = "demo_state.json"

@@ -79,21 +79,14 @@ from lrm_nerfstudio.generate.shard_job import (
     read_shard_records,
     write_shard_record,
 )
+from lrm_nerfstudio.inference import extract_colored_mesh, finish_mesh, predict_triplane, timed_stage
+from lrm_nerfstudio.io.checkpoints import ModelLoadError
 from lrm_nerfstudio.mesh.cleanup import check_cleanup_options
 from lrm_nerfstudio.mesh.marching_cubes import NoSurfaceError, save_mesh
 from lrm_nerfstudio.mesh.texture import check_texture_resolution
+from lrm_nerfstudio.methods import LoadedModel, load_model
 from lrm_nerfstudio.model.losses import PerceptualLoss
-from lrm_nerfstudio.scripts.export_weights import ModelLoadError
-from lrm_nerfstudio.scripts.reconstruct import (
-    LoadedModel,
-    OutputOptions,
-    background_of,
-    encode_decode,
-    extract_colored_mesh,
-    finish_mesh,
-    load_model,
-    timed_stage,
-)
+from lrm_nerfstudio.scripts.reconstruct import OutputOptions, background_of
 
 BOX_TOLERANCE = 1e-3
 """A ground-truth mesh reaching further than 1 + this from the origin along an axis lies outside the scene box."""
@@ -232,7 +225,7 @@ def evaluate_object(
     image, camera = dm.objects.source(obj, 0, bg)
     source_rgba = dm.objects.load_view(obj, 0)
 
-    triplanes = encode_decode(model, image, camera, timings)
+    triplanes = predict_triplane(model, image, camera, timings)
     pred_mesh: trimesh.Trimesh | None = None
     with timed_stage(timings, "mesh", device):
         try:

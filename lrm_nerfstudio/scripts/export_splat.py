@@ -22,7 +22,7 @@ from nerfstudio.scripts.exporter import Exporter
 from nerfstudio.utils.eval_utils import eval_setup
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from lrm_nerfstudio.scripts.export_weights import ModelLoadError, find_checkpoint, read_trainer_config
+from lrm_nerfstudio.io.checkpoints import ModelLoadError, find_checkpoint, read_trainer_config
 from lrm_nerfstudio.splat.convert import SplatConversionConfig, gaussians_from_triplane
 from lrm_nerfstudio.splat.gaussians import EmptyReconstructionError
 from lrm_nerfstudio.splat.ply import write_gaussians_ply

@@ -1,7 +1,7 @@
 """`lrm-import-weights`: a released TripoSR or OpenLRM v1.1 folder -> one lrm-nerfstudio weights file.
 
-The file is the format `lrm-export-weights` writes (the state dict, plus the YAML of the fine-tuning method's
-TrainerConfig with the model's architecture in the safetensors metadata), so `lrm-reconstruct --weights FILE`,
+The file is the format `lrm-export-weights` writes (v2: the state dict under stable names, plus the model and
+processor configs, the fine-tuning method's name and the checkpoint's SHA-256 as JSON metadata), so `lrm-reconstruct --weights FILE`,
 `lrm_nerfstudio.from_pretrained(FILE)` and `ns-train lrm-triposr --pipeline.model.init-from FILE` all take it.
 Every key of the checkpoint is mapped and its shape checked; anything else is an error (exit 2), never a partial
 load. The weights are downloaded by you, on your machine; nothing is fetched here.
@@ -21,7 +21,10 @@ from typing import Annotated, Literal
 import tyro
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from lrm_nerfstudio.scripts.export_weights import ModelLoadError, save_weights
+from lrm_nerfstudio.convert.load import import_folder
+from lrm_nerfstudio.io.checkpoints import ModelLoadError
+from lrm_nerfstudio.io.weights import WeightsSource, sha256_of
+from lrm_nerfstudio.pretrained import Pretrained, save_pretrained
 
 LICENCES = {
     "triposr": "TripoSR weights: MIT (stabilityai/TripoSR).",
@@ -44,18 +47,19 @@ class ImportWeightsConfig:
 
 def main(config: ImportWeightsConfig) -> int:
     """Import; returns the process exit code (2 for a wrong folder, key, shape or file)."""
-    from lrm_nerfstudio.convert.load import import_folder
-
     try:
-        trainer_config, state = import_folder(config.folder, config.family)
+        imported, state = import_folder(config.folder, config.family)
     except ModelLoadError as err:
         CONSOLE.print(f"[bold red]error:[/bold red] {err}", soft_wrap=True, highlight=False)
         return 2
-    path = save_weights(config.output, trainer_config, state, step=0)
+    source = WeightsSource(imported.family, 0, sha256_of(imported.weights_file))
+    path = save_pretrained(
+        config.output, Pretrained(imported.model, imported.processor, imported.method, source, state)
+    )
     n_params = sum(t.numel() for t in state.values())
     CONSOLE.print(
         f"Wrote {path} ({len(state)} tensors, {n_params / 1e6:.2f}M parameters, method "
-        f"{trainer_config.method_name}) from {config.folder}. {LICENCES[config.family]}",
+        f"{imported.method}) from {config.folder}. {LICENCES[config.family]}",
         soft_wrap=True,
         highlight=False,
     )

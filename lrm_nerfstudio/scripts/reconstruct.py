@@ -26,11 +26,8 @@ import json
 import shutil
 import sys
 import time
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from copy import deepcopy
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -39,7 +36,6 @@ import torch
 import tyro
 import yaml
 from jaxtyping import Float
-from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 from PIL import Image
@@ -50,24 +46,21 @@ from torch import Tensor
 from lrm_nerfstudio.cameras import canonical_source_camera
 from lrm_nerfstudio.data.dataset_format import DatasetFormatError
 from lrm_nerfstudio.data.image_preprocess import ImageInputError, preprocess_image
-from lrm_nerfstudio.mesh.cleanup import DEFAULT_MIN_COMPONENT_FRACTION, check_cleanup_options
-from lrm_nerfstudio.mesh.marching_cubes import NoSurfaceError, extract_mesh, sample_density_grid, save_mesh
-from lrm_nerfstudio.mesh.texture import (
-    DEFAULT_TEXTURE_RESOLUTION,
-    TexturedMesh,
-    check_texture_resolution,
-    clean_and_bake,
+from lrm_nerfstudio.inference import (
+    extract_colored_mesh,
+    finish_mesh,
+    predict_triplane,
+    render_nerf_views,
+    timed_stage,
 )
+from lrm_nerfstudio.io.checkpoints import ModelLoadError
+from lrm_nerfstudio.mesh.cleanup import DEFAULT_MIN_COMPONENT_FRACTION, check_cleanup_options
+from lrm_nerfstudio.mesh.marching_cubes import NoSurfaceError, save_mesh
+from lrm_nerfstudio.mesh.texture import DEFAULT_TEXTURE_RESOLUTION, check_texture_resolution
 from lrm_nerfstudio.mesh.turntable import ffmpeg_available, turntable_cameras, write_turntable
+from lrm_nerfstudio.methods import LoadedModel, load_model, write_checkpoint
 from lrm_nerfstudio.model.lrm_model import LRMModel
 from lrm_nerfstudio.progress import stage_progress
-from lrm_nerfstudio.scripts.export_weights import (
-    MODEL_PREFIX,
-    ModelLoadError,
-    find_checkpoint,
-    model_state_from_checkpoint,
-    read_trainer_config,
-)
 from lrm_nerfstudio.splat.convert import SplatConversionConfig, gaussians_from_triplane
 from lrm_nerfstudio.splat.gaussians import EmptyReconstructionError
 from lrm_nerfstudio.splat.ply import write_gaussians_ply
@@ -77,81 +70,6 @@ from lrm_nerfstudio.training.trainer import LRMTrainerConfig
 
 STAGES = ("preprocess", "encode", "decode", "mesh", "cleanup", "unwrap", "bake", "turntable", "splat", "write")
 """Per-image stages, in order (the model is loaded once, stage "load")."""
-
-
-# ----------------------------------------------------------------------------------------------------- model
-@dataclass
-class LoadedModel:
-    """A model ready for inference and what is needed to write configs that re-open it."""
-
-    config: TrainerConfig
-    """The training run's config."""
-    model: LRMModel
-    """The model, in eval mode, on `device`."""
-    step: int
-    """Training step of the weights."""
-    checkpoint: Path | None
-    """The ns-train checkpoint the weights came from (None when they came from a weights file)."""
-    source: Path
-    """The config.yml or weights file given."""
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
-
-
-def build_model(config: TrainerConfig, state: dict[str, Tensor], device: str | torch.device, name: str) -> LRMModel:
-    """The LRM model of `config` with `state` loaded (strict), in eval mode.
-
-    Raises:
-        ModelLoadError: the weights do not fit the config.
-    """
-    from lrm_nerfstudio.data.lrm_dataparser import unit_scene_box
-
-    model_config = replace(config.pipeline.model, use_lpips=False)  # inference needs no perceptual loss
-    model = model_config.setup(scene_box=unit_scene_box(), num_train_data=1, metadata={}, device=device)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise ModelLoadError(f"{name}: the weights do not fit the model its config describes ({err})") from err
-    return model.to(device).eval()
-
-
-def load_model(
-    load_config: Path | None = None, weights: Path | None = None, device: str | torch.device | None = None
-) -> LoadedModel:
-    """Load an LRM model from an ns-train config.yml (its latest checkpoint) or an `lrm-export-weights` file.
-
-    Raises:
-        ModelLoadError: missing or foreign config, no checkpoint, or weights that do not fit.
-    """
-    if (load_config is None) == (weights is None):
-        raise ModelLoadError("give exactly one of --load-config CONFIG.yml and --weights FILE.safetensors")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if weights is None and Path(load_config).suffix == ".safetensors":  # type: ignore[arg-type]
-        load_config, weights = None, load_config
-    if weights is not None:
-        from lrm_nerfstudio.pretrained import load_pretrained  # a weights file, or a released TripoSR/OpenLRM folder
-
-        config, state, step = load_pretrained(Path(weights))
-        return LoadedModel(config, build_model(config, state, device, str(weights)), step, None, Path(weights))
-    assert load_config is not None
-    config = read_trainer_config(Path(load_config))
-    ckpt = find_checkpoint(config, Path(load_config))
-    state, step = model_state_from_checkpoint(ckpt)
-    return LoadedModel(config, build_model(config, state, device, str(ckpt)), step, ckpt, Path(load_config))
-
-
-def write_checkpoint(loaded: LoadedModel, folder: Path) -> Path:
-    """Write the model as an ns-train checkpoint (pipeline keys) so that nerfstudio's eval_setup can load it."""
-    path = Path(folder) / f"step-{loaded.step:09d}.ckpt"
-    if not path.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        state = {MODEL_PREFIX + key: value.detach().cpu() for key, value in loaded.model.state_dict().items()}
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save({"step": loaded.step, "pipeline": state, "optimizers": {}, "scalers": {}}, tmp)
-        tmp.replace(path)
-    return path
 
 
 # ----------------------------------------------------------------------------------------------------- options
@@ -195,32 +113,7 @@ class OutputOptions:
     """Orbit views rendered by the NeRF as refinement targets (a quarter as many more are held out)."""
 
 
-@contextmanager
-def timed_stage(timings: dict[str, float], name: str, device: torch.device) -> Iterator[None]:
-    """Add the wall time of the block (after the device's queued work) to `timings[name]`."""
-    start = time.perf_counter()
-    yield
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
-
-
 # ----------------------------------------------------------------------------------------------------- stages
-@torch.no_grad()
-def encode_decode(
-    model: LRMModel, image: Float[Tensor, "3 H W"], camera: Float[Tensor, "16"], timings: dict[str, float]
-) -> Float[Tensor, "1 3 C R R"]:
-    """`model.predict_triplanes` for one image, timed as "encode" (ViT) and "decode" (triplane transformer)."""
-    device = model.device
-    image, camera = image[None].to(device), camera[None].to(device)
-    with model._autocast(device):
-        with timed_stage(timings, "encode", device):
-            tokens = model.encoder(image)
-        with timed_stage(timings, "decode", device):
-            planes = model.upsampler(model.transformer(tokens, model.embed_camera(camera)))
-    return planes.float()
-
-
 @torch.no_grad()
 def render_turntable(
     model: LRMModel, triplanes: Float[Tensor, "1 3 C R R"], options: OutputOptions, background: Tensor
@@ -230,88 +123,6 @@ def render_turntable(
         options.turntable_frames, resolution=options.turntable_resolution, elevation_deg=options.turntable_elevation
     )
     return render_nerf_views(model, triplanes, cameras, background)
-
-
-@torch.no_grad()
-def render_nerf_views(
-    model: LRMModel, triplanes: Float[Tensor, "1 3 C R R"], cameras: Cameras, background: Tensor
-) -> list[np.ndarray]:
-    """Frames [H, W, 3] in [0, 1] of `cameras`, volume-rendered from the triplane (chunked rays, colour only)."""
-    chunk = model.config.eval_num_rays_per_chunk
-    frames = []
-    for i in range(len(cameras)):
-        bundle = cameras.generate_rays(camera_indices=i, keep_shape=True)
-        height, width = bundle.origins.shape[:2]
-        flat = bundle.flatten().to(model.device)
-        pieces = []
-        for start in range(0, len(flat), chunk):
-            part = flat[start : start + chunk]
-            bg = background.to(model.device).expand(len(part), 3)
-            part.metadata = {**(part.metadata or {}), "background_color": bg}
-            pieces.append(model.render_triplanes(part, triplanes)["rgb"])
-        frames.append(torch.cat(pieces).view(height, width, 3).clamp(0, 1).cpu().numpy())
-    return frames
-
-
-def extract_colored_mesh(model: LRMModel, triplanes: Float[Tensor, "1 3 C R R"], options: OutputOptions):
-    """Marching-cubes mesh of the triplane's density inside [-1, 1]^3 with vertex colours from the field."""
-
-    def density(points: Tensor) -> Tensor:
-        return model.field.density_at(points[None], triplanes)[0, :, 0]
-
-    def color(points: Tensor) -> Tensor:
-        return model.field.rgb_density_at(points[None], triplanes)[0][0]
-
-    def mesh(level: float | None):
-        return extract_mesh(
-            density,
-            resolution=options.resolution,
-            chunk_size=options.chunk_size,
-            iso_level=level,
-            color_fn=color,
-            device=model.device,
-        )
-
-    try:
-        return mesh(options.iso_level)
-    except NoSurfaceError:
-        if options.iso_level is not None:
-            raise
-    # The adaptive level can miss a weak field (an undertrained model's near-uniform fog): fall back to the middle
-    # of the density range, which always cuts a field that is not constant.
-    coarse = sample_density_grid(density, 64, chunk_size=options.chunk_size, device=model.device)
-    lo, hi = float(np.nanmin(coarse)), float(np.nanmax(coarse))
-    if not hi > lo:
-        raise NoSurfaceError(f"no surface found: the density field is constant ({lo:.4g})")
-    result = mesh(0.5 * (lo + hi))
-    result.metadata["iso_method"] = "mid-range-fallback"
-    warnings.warn(
-        f"lrm-reconstruct: the adaptive iso-level found no surface; used the middle of the density range "
-        f"[{lo:.4g}, {hi:.4g}] (the model may be undertrained)",
-        stacklevel=2,
-    )
-    return result
-
-
-def finish_mesh(
-    model: LRMModel,
-    triplanes: Float[Tensor, "1 3 C R R"],
-    mesh,
-    options: OutputOptions,
-    timings: dict[str, float],
-) -> tuple[Any, TexturedMesh | None]:
-    """Clean up the mesh and bake the field's colour into a texture (`lrm_nerfstudio.mesh.texture.clean_and_bake`);
-    no texture when neither GLB nor OBJ is written."""
-    return clean_and_bake(
-        mesh,
-        lambda points: model.field.rgb_density_at(points[None], triplanes)[0][0],
-        texture_resolution=options.texture_resolution if {"glb", "obj"} & set(options.formats) else 0,
-        target_faces=options.target_faces,
-        min_component_fraction=options.min_component_fraction,
-        chunk_size=min(options.chunk_size, 2**16),
-        device=model.device,
-        timings=timings,
-    )
 
 
 def splat_stage(
@@ -473,7 +284,7 @@ def reconstruct_source(
     timings = {} if timings is None else timings
     model, device = loaded.model, loaded.device
     out_dir.mkdir(parents=True, exist_ok=True)
-    triplanes = encode_decode(model, image, camera, timings)
+    triplanes = predict_triplane(model, image, camera, timings)
     with timed_stage(timings, "mesh", device):
         mesh = extract_colored_mesh(model, triplanes, options)
     mesh, textured = finish_mesh(model, triplanes, mesh, options, timings)

@@ -13,14 +13,13 @@ Coordinates are the project's world (+Z up), as nerfstudio's own `ns-export gaus
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from plyfile import PlyData, PlyElement
 
+from lrm_nerfstudio.io.atomic import atomic_path
 from lrm_nerfstudio.splat.gaussians import EmptyReconstructionError, Gaussians
 
 
@@ -71,14 +70,8 @@ def write_gaussians_ply(path: str | Path, gaussians: Gaussians) -> Path:
         raise EmptyReconstructionError(f"{path}: empty reconstruction, no Gaussians to write (no file written)")
     element = PlyElement.describe(gaussians_to_array(gaussians), "vertex")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         PlyData([element], text=False, byte_order="<", comments=["lrm-nerfstudio 3D Gaussians, +Z up"]).write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -21,16 +21,9 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from lrm_nerfstudio.ranks import global_rank, is_distributed  # (they lived here; both used below)
+
 _NERFSTUDIO_WORKER: Callable[..., Any] | None = None
-
-
-def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def global_rank() -> int:
-    """Rank of this process among all processes of all machines (0 when not distributed)."""
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def is_main_process() -> bool:

@@ -28,8 +28,9 @@ from nerfstudio.utils import comms
 from nerfstudio.utils.decorators import check_main_thread
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from lrm_nerfstudio.checkpoints import checkpoint_step, newest_complete_checkpoint
-from lrm_nerfstudio.scripts.export_weights import ModelLoadError
+from lrm_nerfstudio.io.checkpoint_files import checkpoint_step, newest_complete_checkpoint
+from lrm_nerfstudio.io.checkpoints import ModelLoadError
+from lrm_nerfstudio.io.state_keys import load_stable_state
 
 _NO_VIEWER = {"viewer": "tensorboard", "viewer_legacy": "tensorboard", "viewer+wandb": "wandb",
               "viewer+tensorboard": "tensorboard", "viewer+comet": "comet"}  # fmt: skip
@@ -121,10 +122,10 @@ class LRMTrainer(Trainer):
             return
         from lrm_nerfstudio.pretrained import load_pretrained
 
-        _, state, _ = load_pretrained(init_from)
+        state = load_pretrained(init_from).state
         model = self.pipeline.model
         try:
-            model.load_state_dict(state, strict=True)
+            load_stable_state(model, state)
         except RuntimeError as err:
             raise ModelLoadError(f"{init_from}: the weights do not fit the model ({err})") from err
         model.refresh_display()

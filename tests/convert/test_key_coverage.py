@@ -9,16 +9,16 @@ import pytest
 
 from lrm_nerfstudio.convert import openlrm, triposr
 from lrm_nerfstudio.convert.common import meta_state, model_shapes
-from lrm_nerfstudio.convert.load import trainer_config
+from lrm_nerfstudio.convert.load import imported_config
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "reference"
 
 
 def _check(family, source_config, shapes):
-    config = trainer_config(family, source_config, "released config")
+    config = imported_config(family, source_config, "released config", FIXTURES)
     module = triposr if family == "triposr" else openlrm
     mapper = module.convert_state(meta_state(shapes), source_config, "released checkpoint")
-    expected = model_shapes(config.pipeline.model)
+    expected = model_shapes(config.model)
     expected.pop("device_indicator_param")
     state = mapper.finish(expected)  # raises on any unmapped, unexpected or mis-shaped key
     return config, state
@@ -30,8 +30,8 @@ def test_triposr_released_keys_all_map():
     config, state = _check("triposr", {**triposr.RELEASED_CONFIG, "dino": triposr.DINO_VITB16}, shapes)
     dropped = sum(n for k, s in shapes.items() if "pooler" in k for n in [_numel(s)])
     assert sum(t.numel() for t in state.values()) == 419_275_628 - dropped
-    assert config.pipeline.datamanager.source_resolution == 512
-    assert config.pipeline.model.num_coarse_samples == 128
+    assert config.processor.resolution == 512
+    assert config.model.num_coarse_samples == 128
 
 
 @pytest.mark.parametrize("size", ["small", "base", "large"])
@@ -42,8 +42,8 @@ def test_openlrm_released_keys_all_map(size):
     config, state = _check("openlrm", source, shapes)
     params = {"small": 111_390_948, "base": 260_201_972, "large": 452_138_004}[size]
     assert sum(t.numel() for t in state.values()) == params  # nothing dropped, nothing invented
-    assert config.pipeline.datamanager.source_resolution == openlrm.SOURCE_SIZES[size]
-    model = config.pipeline.model
+    assert config.processor.resolution == openlrm.SOURCE_SIZES[size]
+    model = config.model
     # nerfstudio's PDF sampler with the coarse samples included gives coarse + importance + 1 samples
     assert model.num_coarse_samples + model.num_importance_samples + 1 == source["rendering_samples_per_ray"]
     packed = any(k.endswith("cross_attn.in_proj_weight") for k in shapes)

@@ -7,7 +7,8 @@ from lrm_run_helpers import save_tiny_run
 from safetensors import safe_open
 
 from lrm_nerfstudio.cameras import canonical_source_camera
-from lrm_nerfstudio.scripts.export_weights import ExportWeightsConfig, load_weights, main
+from lrm_nerfstudio.pretrained import load_pretrained
+from lrm_nerfstudio.scripts.export_weights import ExportWeightsConfig, main
 from lrm_nerfstudio.scripts.reconstruct import load_model
 
 
@@ -18,16 +19,17 @@ def test_exported_weights_give_identical_triplanes(procedural_dataset, tmp_path)
 
     with safe_open(str(weights), framework="pt") as fh:
         metadata = fh.metadata()
-    assert metadata["format"] == "lrm-nerfstudio-weights" and metadata["step"] == "7"
-    assert "LRMPipelineConfig" in metadata["trainer_config_yaml"]
-    config, state, step = load_weights(weights)
-    assert step == 7 and config.method_name == "lrm-tiny"
+    assert metadata["format"] == "lrm-nerfstudio-weights" and metadata["version"] == "2"
+    assert metadata["method"] == "lrm-tiny" and '"step": 7' in metadata["source"]
+    assert "!!" not in str(metadata) and "lrm_nerfstudio." not in str(metadata)  # no YAML tags, no class paths
+    loaded = load_pretrained(weights)
+    assert loaded.step == 7 and loaded.method == "lrm-tiny" and loaded.source.family == "trained"
 
     from_ckpt = load_model(load_config=config_path, device="cpu")
     from_file = load_model(weights=weights, device="cpu")  # a fresh model built from the embedded config
-    ckpt_state = from_ckpt.model.state_dict()
-    assert set(state) == set(ckpt_state)
-    for key, value in state.items():
+    ckpt_state, file_state = from_ckpt.model.state_dict(), from_file.model.state_dict()
+    assert set(file_state) == set(ckpt_state) and len(loaded.state) == len(ckpt_state)
+    for key, value in file_state.items():
         assert torch.equal(value, ckpt_state[key]), key
 
     torch.manual_seed(0)

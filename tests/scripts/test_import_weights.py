@@ -14,8 +14,9 @@ from nerfstudio.utils.eval_utils import eval_setup
 from safetensors.torch import load_file, save_file
 
 from lrm_nerfstudio.cameras import canonical_source_camera
-from lrm_nerfstudio.pretrained import from_pretrained
-from lrm_nerfstudio.scripts.export_weights import ModelLoadError, load_weights
+from lrm_nerfstudio.io.checkpoints import ModelLoadError
+from lrm_nerfstudio.io.weights import sha256_of
+from lrm_nerfstudio.pretrained import from_pretrained, load_pretrained
 from lrm_nerfstudio.scripts.import_weights import ImportWeightsConfig, entrypoint, main
 from lrm_nerfstudio.scripts.reconstruct import OutputOptions, ReconstructConfig
 from lrm_nerfstudio.scripts.reconstruct import main as reconstruct
@@ -45,11 +46,13 @@ def test_import_round_trip_through_weights_file(family, folder, tmp_path, capsys
     assert main(ImportWeightsConfig(family, folder, output=out)) == 0
     printed = capsys.readouterr().out
     assert ("CC BY-NC 4.0" in printed) == (family == "openlrm")
-    config, _, step = load_weights(out)
-    assert config.method_name == f"lrm-{family}" and step == 0
+    loaded = load_pretrained(out)
+    assert loaded.method == f"lrm-{family}" and loaded.step == 0 and loaded.source.family == family
+    weights_file = folder / ("model.ckpt" if family == "triposr" else "model.safetensors")
+    assert loaded.source.sha256 == sha256_of(weights_file)  # the file says which release checkpoint it came from
     from_file, from_folder = from_pretrained(out, device="cpu"), from_pretrained(folder, device="cpu")
     assert not from_file.training
-    size = config.pipeline.datamanager.source_resolution
+    size = loaded.processor.resolution
     images = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     cams = canonical_source_camera()[None]
     with torch.no_grad():

@@ -8,6 +8,7 @@ import torch
 from gsplat.utils import normalized_quat_to_rotmat
 from scipy.spatial import cKDTree
 
+from lrm_nerfstudio.model.reference import sphere_rgb_density, sphere_triplane
 from lrm_nerfstudio.splat.convert import (
     SplatConversionConfig,
     gaussians_from_field,
@@ -15,7 +16,6 @@ from lrm_nerfstudio.splat.convert import (
     orthographic_weights,
 )
 from lrm_nerfstudio.splat.gaussians import SH_C0, EmptyReconstructionError, quats_from_normals
-from lrm_nerfstudio.splat.reference import sphere_rgb_density, sphere_triplane
 
 CENTRE = torch.tensor([0.1, -0.2, 0.15])
 RADIUS = 0.5

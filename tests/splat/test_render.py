@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lrm_nerfstudio.model.reference import sphere_rgb_density
 from lrm_nerfstudio.splat.convert import SplatConversionConfig, gaussians_from_field
-from lrm_nerfstudio.splat.reference import sphere_rgb_density
 from lrm_nerfstudio.splat.refine import SplatRefineConfig, distillation_cameras, psnr, refine_gaussians
 from lrm_nerfstudio.splat.render import (
     GsplatUnavailableError,

@@ -13,8 +13,8 @@ import yaml
 from conftest import tiny_trainer_config
 from lrm_run_helpers import run_tool, tool
 
-from lrm_nerfstudio.checkpoints import checkpoint_problem, newest_complete_checkpoint
-from lrm_nerfstudio.scripts.export_weights import find_checkpoint, read_trainer_config
+from lrm_nerfstudio.io.checkpoint_files import checkpoint_problem, newest_complete_checkpoint
+from lrm_nerfstudio.io.checkpoints import find_checkpoint, read_trainer_config
 
 
 def _trainer(data: Path, output: Path, steps: int, load_dir: Path | None = None):

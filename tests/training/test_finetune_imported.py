@@ -9,8 +9,10 @@ from pathlib import Path
 import torch
 
 from lrm_nerfstudio.convert.load import import_folder
-from lrm_nerfstudio.pretrained import from_pretrained
-from lrm_nerfstudio.scripts.export_weights import ExportWeightsConfig, save_weights
+from lrm_nerfstudio.io.state_keys import stable_state
+from lrm_nerfstudio.io.weights import WeightsSource
+from lrm_nerfstudio.pretrained import Pretrained, from_pretrained, save_pretrained
+from lrm_nerfstudio.scripts.export_weights import ExportWeightsConfig
 from lrm_nerfstudio.scripts.export_weights import main as export_weights
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "reference"
@@ -28,8 +30,9 @@ def test_finetune_imported_triposr_loss_falls_and_reloads(procedural_dataset, tm
     from lrm_nerfstudio.lrm_config import lrm_triposr_method
 
     init = tmp_path / "triposr.safetensors"
-    imported_config, imported_state = import_folder(FIXTURES / "triposr_small", "triposr")
-    save_weights(init, imported_config, imported_state, step=0)
+    imported, imported_state = import_folder(FIXTURES / "triposr_small", "triposr")
+    source = WeightsSource("triposr", 0, None)
+    save_pretrained(init, Pretrained(imported.model, imported.processor, imported.method, source, imported_state))
 
     config = deepcopy(lrm_triposr_method.config)
     dm = config.pipeline.datamanager
@@ -52,8 +55,9 @@ def test_finetune_imported_triposr_loss_falls_and_reloads(procedural_dataset, tm
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()
     pipeline = trainer.pipeline
+    started = stable_state(pipeline.model.state_dict())
     for key, value in imported_state.items():  # the run starts from the imported weights
-        assert torch.equal(pipeline.model.state_dict()[key], value), key
+        assert torch.equal(started[key], value), key
     ray_bundle, batch = pipeline.datamanager.next_train(0)
     before = _batch_loss(pipeline, ray_bundle, batch)
     trainer.train()

@@ -11,7 +11,7 @@ from nerfstudio.viewer.viewer_elements import ViewerButton, ViewerCheckbox, View
 from PIL import Image
 
 from lrm_nerfstudio.lrm_config import lrm_method, lrm_tiny_method
-from lrm_nerfstudio.splat.reference import sphere_triplane
+from lrm_nerfstudio.model.reference import sphere_triplane
 from lrm_nerfstudio.splat.refine import distillation_cameras
 from lrm_nerfstudio.splat.render import gsplat_unavailable_reason
 from lrm_nerfstudio.viewer_controls import LRMViewerControls, ViewerMarkdown, ViewerUpload
