@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import tyro
 
-from lrm_nerfstudio.data.sharding import parse_shard
 from lrm_nerfstudio.data.shards import PackShardsConfig
 from lrm_nerfstudio.generate.generate import GenerateConfig
 from lrm_nerfstudio.generate.render_meshes import RenderMeshesConfig
+from lrm_nerfstudio.io.sharding import parse_shard
 from lrm_nerfstudio.scripts.eval import EvalConfig
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "TRAINING_AT_SCALE.md"

@@ -43,7 +43,7 @@ from lrm_nerfstudio.data.dataset_format import (
     read_image_size,
 )
 from lrm_nerfstudio.data.dataset_format import read_object as read_object_folder
-from lrm_nerfstudio.data.sharding import unit_hash
+from lrm_nerfstudio.io.sharding import unit_hash
 
 Layout = Literal["auto", "lrm-multiview", "openlrm", "nerfstudio-folders"]
 """How a dataset folder is laid out; `auto` recognises it (dataset.json, then intrinsics.npy, then transforms.json)."""

@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import tyro
 
-from lrm_nerfstudio.data.sharding import parse_shard
 from lrm_nerfstudio.generate.dataset_writer import (
     CONSOLE,
     check_output_dir,
@@ -54,6 +53,7 @@ from lrm_nerfstudio.generate.shard_job import (
     write_shard_record,
 )
 from lrm_nerfstudio.generate.textures import TextureConfig, random_texture, triplanar
+from lrm_nerfstudio.io.sharding import parse_shard
 
 
 @dataclass

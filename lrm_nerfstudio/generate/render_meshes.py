@@ -27,7 +27,6 @@ from typing import Any, Literal
 import numpy as np
 import tyro
 
-from lrm_nerfstudio.data.sharding import parse_shard
 from lrm_nerfstudio.generate.dataset_writer import (
     CONSOLE,
     check_output_dir,
@@ -60,6 +59,7 @@ from lrm_nerfstudio.generate.shard_job import (
     read_shard_records,
     write_shard_record,
 )
+from lrm_nerfstudio.io.sharding import parse_shard
 
 MESH_SUFFIXES = (".obj", ".glb", ".gltf", ".ply", ".stl")
 

@@ -1,6 +1,6 @@
 """One job split over machines: `--shard I/N` runs write object folders into one output folder, a merge finishes.
 
-Each shard makes only the objects `Shard.owns` (a stable hash of the object id, `lrm_nerfstudio.data.sharding`) and
+Each shard makes only the objects `Shard.owns` (a stable hash of the object id, `lrm_nerfstudio.io.sharding`) and
 writes nothing shared: besides its objects' folders (each written atomically) it writes only its own record
 `.shards/shard-I-of-N.json`, once when it starts and again when it ends (with the objects it found bad). A shard
 removes only its own objects' half-written temporaries, so shards never touch each other's files.
@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from lrm_nerfstudio.data.sharding import Shard, stable_hash
 from lrm_nerfstudio.generate.dataset_writer import TMP_PREFIX
+from lrm_nerfstudio.io.sharding import Shard, stable_hash
 
 SHARD_DIR = ".shards"
 """Folder of the shard records inside the output folder (removed by a successful merge)."""

@@ -49,7 +49,6 @@ from lrm_nerfstudio.cameras import look_at, spherical_eye
 from lrm_nerfstudio.data.dataset_format import SPLITS, DatasetFormatError, ObjectViews, load_object_mesh
 from lrm_nerfstudio.data.layouts import LayoutOptions, copy_layout_options
 from lrm_nerfstudio.data.lrm_datamanager import LRMDataManager
-from lrm_nerfstudio.data.sharding import parse_shard
 from lrm_nerfstudio.eval.baselines import (
     SHADED,
     EllipsoidFit,
@@ -81,6 +80,7 @@ from lrm_nerfstudio.generate.shard_job import (
 )
 from lrm_nerfstudio.inference import extract_colored_mesh, finish_mesh, predict_triplane, timed_stage
 from lrm_nerfstudio.io.checkpoints import ModelLoadError
+from lrm_nerfstudio.io.sharding import parse_shard
 from lrm_nerfstudio.mesh.cleanup import check_cleanup_options
 from lrm_nerfstudio.mesh.marching_cubes import NoSurfaceError, save_mesh
 from lrm_nerfstudio.mesh.texture import check_texture_resolution

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import trimesh
 
-from lrm_nerfstudio.data.sharding import Shard, parse_shard, stable_hash
 from lrm_nerfstudio.generate.generate import GenerateConfig, object_id
 from lrm_nerfstudio.generate.generate import main as generate
 from lrm_nerfstudio.generate.render_meshes import RenderMeshesConfig
 from lrm_nerfstudio.generate.render_meshes import main as render_meshes
+from lrm_nerfstudio.io.sharding import Shard, parse_shard, stable_hash
 
 GEN_ARGS = ["--num-objects", "6", "--num-views", "3", "--resolution", "16", "--seed", "5", "--workers", "1"]
 

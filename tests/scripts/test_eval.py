@@ -230,10 +230,10 @@ def test_eval_shards_merge_split_all_and_layouts(trained_run, tmp_path, capsys):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
     from layout_fixture import all_ids, write_nerfstudio_folders, write_openlrm
 
-    from lrm_nerfstudio.data.sharding import Shard
     from lrm_nerfstudio.generate.generate import GenerateConfig
     from lrm_nerfstudio.generate.generate import main as generate
     from lrm_nerfstudio.generate.renderer import CameraSamplerConfig
+    from lrm_nerfstudio.io.sharding import Shard
 
     src = tmp_path / "src"  # one focal length per object, as OpenLRM's intrinsics.npy holds
     cameras = CameraSamplerConfig(focal_range=(0.75, 0.75), distance_range=(2.0, 2.4))
