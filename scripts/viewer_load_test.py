@@ -287,6 +287,11 @@ def main(config: LoadTestConfig) -> dict:
             load_rate = (steps_done(log) - steps_start) / load_seconds
             for thread in threads:
                 thread.join(timeout=1)
+            # a load shorter than a step may show none: training still steps if one more comes within a minute
+            more = time.monotonic() + 60
+            while steps_done(log) <= steps_start and time.monotonic() < more and proc.poll() is None:
+                time.sleep(0.5)
+            stepped = steps_done(log) > steps_start
             trained_through = proc.poll() is None
         finally:
             proc.terminate()
@@ -311,6 +316,7 @@ def main(config: LoadTestConfig) -> dict:
         "steps_per_s_under_load": round(load_rate, 3),
         "load_seconds": round(load_seconds, 1),
         "training_alive_after_load": trained_through,
+        "stepped_since_load_start": stepped,
         "rss_mib_before_load": round(rss_before / 1024, 1),
         "peak_rss_mib_under_load": round(peak_rss / 1024, 1),
         "seconds": round(time.monotonic() - started, 1),
