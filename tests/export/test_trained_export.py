@@ -36,7 +36,7 @@ VIEWER_START_S = 600
 
 DEMO_ARGS = [
     "--num-objects", "8", "--num-views", "6", "--resolution", "64", "--shapes.primitive-kinds", "sphere",
-    "--max-iterations", "200", "--max-minutes", "4", "--objects-per-batch", "8", "--eval-max-objects", "1",
+    "--max-iterations", "200", "--max-minutes", "4", "--eval-max-objects", "1",
     "--no-viewer", "--mesh-resolution", "64", "--turntable-frames", "2", "--turntable-resolution", "24",
     "--workers", "1",
 ]  # fmt: skip
