@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 import numpy as np
@@ -111,3 +112,19 @@ def test_ns_export_poisson_of_an_empty_reconstruction_fails_fast(procedural_data
     assert f"The reconstruction of '{test_id}' is empty or nearly empty" in text
     assert "Train the model longer" in text and "pipeline.datamanager.display_object" in text
     assert elapsed < 180
+
+
+@pytest.mark.slow
+def test_benchmark_ns_export_times_each_stage(tiny_run, tmp_path):
+    from lrm_run_helpers import SCRIPTS
+
+    out = run_tool([sys.executable, str(SCRIPTS / "benchmark_ns_export.py"), str(tiny_run), "--output-dir",
+                    str(tmp_path / "out"), "--num-points", "3000", "--target-num-faces", "500",
+                    "--num-pixels-per-side", "64"])  # fmt: skip
+    record = json.loads(out.stdout)  # nothing but the JSON on stdout
+    stages = record["stages_s"]
+    assert set(stages) == {"load", "point_cloud", "poisson_and_save", "decimate", "xatlas_unwrap",
+                           "texture_render_and_save"}  # fmt: skip
+    assert all(value >= 0 for value in stages.values()) and sum(stages.values()) <= record["total_s"] + 1e-6
+    assert record["options"]["num_points"] == 3000
+    assert {"poisson_mesh.ply", "mesh.obj", "material_0.png"} <= set(record["files_bytes"])

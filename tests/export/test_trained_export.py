@@ -24,6 +24,8 @@ from lrm_nerfstudio.data.dataset_format import load_object_mesh
 from lrm_nerfstudio.data.lrm_dataparser import LRMDataParserConfig
 from lrm_nerfstudio.eval.geometry import closest_on_surface, geometry_metrics, sample_surface
 
+pytestmark = pytest.mark.timeout(2400)
+"""The first test of this module also trains the demo run (a few minutes; over 15 on a loaded shared machine)."""
 CHAMFER_RATIO = 1.5
 """An export's Chamfer-L1 to the truth may be at most this times that of lrm-eval's mesh of the same prediction."""
 SMALLER = ["--num-points", "200000"]
@@ -36,7 +38,7 @@ VIEWER_START_S = 600
 
 DEMO_ARGS = [
     "--num-objects", "8", "--num-views", "6", "--resolution", "64", "--shapes.primitive-kinds", "sphere",
-    "--max-iterations", "200", "--max-minutes", "4", "--objects-per-batch", "8", "--eval-max-objects", "1",
+    "--max-iterations", "200", "--max-minutes", "4", "--eval-max-objects", "1",
     "--no-viewer", "--mesh-resolution", "64", "--turntable-frames", "2", "--turntable-resolution", "24",
     "--workers", "1",
 ]  # fmt: skip
