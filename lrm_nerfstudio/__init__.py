@@ -1,8 +1,9 @@
 """LRM (Hong et al. 2023, arXiv 2311.04400) as a nerfstudio method."""
 
-from lrm_nerfstudio.quiet import silence_known_warnings
+from lrm_nerfstudio.quiet import show_errors_as_messages, silence_known_warnings
 
 silence_known_warnings()  # before anything below imports nerfstudio
+show_errors_as_messages()
 
 from lrm_nerfstudio.io.checkpoint_files import allow_numpy_scalars_in_checkpoints
 

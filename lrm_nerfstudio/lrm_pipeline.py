@@ -97,7 +97,7 @@ class LRMPipeline(VanillaPipeline):
         self._stage: ProgressiveStage = self._base_stage
         image, camera, _ = self.datamanager.display_source
         self.model.set_display_source(image, camera)
-        self.datamanager.before_display_rays = self._check_display_opacity_or_exit
+        self.datamanager.before_display_rays = self.check_display_opacity
         self.viewer_controls = LRMViewerControls(self)
         """Object picker, source image, re-run and upload controls; nerfstudio's viewer finds them by itself."""
 
@@ -150,15 +150,6 @@ class LRMPipeline(VanillaPipeline):
             highlight=False,
         )
         return fraction
-
-    def _check_display_opacity_or_exit(self) -> None:
-        """`check_display_opacity` for nerfstudio's exporters (the only users of test-mode rays): an empty
-        reconstruction ends the command with the error's message and exit status 2, not a traceback."""
-        try:
-            self.check_display_opacity()
-        except EmptyReconstructionError as err:
-            CONSOLE.print(f"[bold red]error:[/bold red] {err}", soft_wrap=True, highlight=False)
-            raise SystemExit(2) from None
 
     # ------------------------------------------------------------------------------------------------- training
     def _forward_batch(self, ray_bundle, batch: dict[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,8 @@ and none is something a user of this plugin can act on: they are about code insi
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 
 _INDEXING = r"Using a non-tuple sequence for multidimensional indexing is deprecated"
@@ -33,3 +35,30 @@ def silence_known_warnings() -> None:
     """Install the filters of `KNOWN_WARNINGS` (idempotent: warnings.filterwarnings drops duplicates)."""
     for message, category, module in KNOWN_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
+
+
+def _message_hook(previous):
+    def hook(exc_type, exc, tb):
+        # the project's own errors (bad data, weights, configs, empty reconstructions) are ValueErrors whose message
+        # names the file and the problem: a user of ns-export, ns-train or ns-viewer gets that line, not a traceback
+        # through nerfstudio. LRM_TRACEBACK=1 shows the traceback as well.
+        if (
+            isinstance(exc, ValueError)
+            and type(exc).__module__.startswith("lrm_nerfstudio.")
+            and not os.environ.get("LRM_TRACEBACK")
+        ):
+            print(f"error: {exc}", file=sys.stderr)
+            return
+        previous(exc_type, exc, tb)
+
+    hook.lrm_message_hook = True  # type: ignore[attr-defined]
+    return hook
+
+
+def show_errors_as_messages() -> None:
+    """Print an uncaught project error (a ValueError from `lrm_nerfstudio`) as one `error:` line, exit status 1.
+
+    Installed where the plugin loads, so it covers nerfstudio's own commands too. Idempotent.
+    """
+    if not getattr(sys.excepthook, "lrm_message_hook", False):
+        sys.excepthook = _message_hook(sys.excepthook)

@@ -75,3 +75,30 @@ def test_short_ns_train_prints_none_of_them(procedural_dataset, tmp_path):
     for needle in ("custom_fwd", "custom_bwd", "GradScaler", "non-tuple sequence", "requires_grad=True to a scalar",
                    "torchmetrics.functional"):  # fmt: skip
         assert needle not in out.stderr, out.stderr[-3000:]
+
+
+def test_project_errors_print_as_one_line_without_traceback(tmp_path):
+    """An uncaught project error in any process that loaded the plugin (ns-export, ns-train, ...) is one `error:` line;
+    other exceptions keep their traceback."""
+    import subprocess
+    import sys
+
+    script = (
+        "import lrm_nerfstudio, sys\n"
+        "from lrm_nerfstudio.data.dataset_format import DatasetFormatError\n"
+        "if sys.argv[1] == 'ours':\n"
+        "    raise DatasetFormatError('/data/x/transforms.json: frames[0].file_path: outside the object folder')\n"
+        "raise ValueError('a plain bug')\n"
+    )
+    ours = subprocess.run(
+        [sys.executable, "-c", script, "ours"], check=False, capture_output=True, text=True, timeout=300
+    )
+    assert ours.returncode == 1
+    assert ours.stderr.strip().splitlines()[-1] == (
+        "error: /data/x/transforms.json: frames[0].file_path: outside the object folder"
+    )
+    assert "Traceback" not in ours.stderr
+    other = subprocess.run(
+        [sys.executable, "-c", script, "bug"], check=False, capture_output=True, text=True, timeout=300
+    )
+    assert other.returncode == 1 and "Traceback" in other.stderr and "a plain bug" in other.stderr

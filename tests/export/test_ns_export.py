@@ -108,7 +108,7 @@ def test_ns_export_poisson_of_an_empty_reconstruction_fails_fast(procedural_data
     elapsed = time.monotonic() - start
     test_id = json.loads((procedural_dataset / "dataset.json").read_text())["splits"]["test"][0]
     text = " ".join((out.stdout + out.stderr).split())
-    assert out.returncode == 2, text[-2000:]
+    assert out.returncode != 0, text[-2000:]
     assert "Traceback" not in out.stderr, out.stderr[-2000:]
     assert f"The reconstruction of '{test_id}' is empty or nearly empty" in text
     assert "Train the model longer" in text and "pipeline.datamanager.display_object" in text
