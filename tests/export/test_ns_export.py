@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import open3d as o3d
@@ -117,9 +118,8 @@ def test_ns_export_poisson_of_an_empty_reconstruction_fails_fast(procedural_data
 
 @pytest.mark.slow
 def test_benchmark_ns_export_times_each_stage(tiny_run, tmp_path):
-    from lrm_run_helpers import SCRIPTS
-
-    out = run_tool([sys.executable, str(SCRIPTS / "benchmark_ns_export.py"), str(tiny_run), "--output-dir",
+    script = Path(__file__).resolve().parents[2] / "scripts" / "benchmark_ns_export.py"
+    out = run_tool([sys.executable, str(script), str(tiny_run), "--output-dir",
                     str(tmp_path / "out"), "--num-points", "3000", "--target-num-faces", "500",
                     "--num-pixels-per-side", "64"])  # fmt: skip
     record = json.loads(out.stdout)  # nothing but the JSON on stdout
