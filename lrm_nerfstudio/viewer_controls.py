@@ -18,7 +18,7 @@ import tempfile
 import threading
 import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 from nerfstudio.utils.rich_utils import CONSOLE
@@ -38,8 +38,15 @@ from lrm_nerfstudio.cameras import WORLD_UP, spherical_eye
 from lrm_nerfstudio.data.image_preprocess import ImageInputError, preprocess_image_bytes
 from lrm_nerfstudio.viewer_security import delivered_upload, limit_uploads, markdown_text
 
-if TYPE_CHECKING:
-    from lrm_nerfstudio.lrm_pipeline import LRMPipeline
+
+class DisplayPipeline(Protocol):
+    """What the controls use of their pipeline (an `LRMPipeline`; named structurally so that this module, below the
+    pipeline in the layers, does not import it)."""
+
+    model: Any
+    datamanager: Any
+
+    def show_object(self, ref: str) -> str: ...
 
 SPLITS = ("test", "val", "train")
 """Dropdown order: held-out objects first, as the default display object is."""
@@ -182,7 +189,7 @@ class LRMViewerControls(nn.Module):
     checkpoints. Elements appear in attribute-name order, hence the names.
     """
 
-    def __init__(self, pipeline: LRMPipeline) -> None:
+    def __init__(self, pipeline: DisplayPipeline) -> None:
         super().__init__()
         # Kept out of the module tree: the pipeline already owns this module.
         self.__dict__["_pipeline_ref"] = pipeline
@@ -231,7 +238,7 @@ class LRMViewerControls(nn.Module):
 
     # Private on purpose: the viewer's attribute walk follows public nn.Module attributes and would loop back here.
     @property
-    def _pipeline(self) -> LRMPipeline:
+    def _pipeline(self) -> DisplayPipeline:
         return self.__dict__["_pipeline_ref"]
 
     @property
