@@ -18,7 +18,7 @@ import tempfile
 import threading
 import weakref
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from nerfstudio.utils.rich_utils import CONSOLE
@@ -39,6 +39,7 @@ from lrm_nerfstudio.data.image_preprocess import ImageInputError, preprocess_ima
 from lrm_nerfstudio.viewer_security import delivered_upload, limit_uploads, markdown_text
 
 
+@runtime_checkable
 class DisplayPipeline(Protocol):
     """What the controls use of their pipeline (an `LRMPipeline`; named structurally so that this module, below the
     pipeline in the layers, does not import it)."""

@@ -36,7 +36,7 @@ from lrm_nerfstudio.io.checkpoints import find_checkpoint, read_trainer_config
 from lrm_nerfstudio.lrm_config import DEMO_STEPS, lrm_demo_method
 from lrm_nerfstudio.mesh.cleanup import check_cleanup_options
 from lrm_nerfstudio.mesh.texture import check_texture_resolution
-from lrm_nerfstudio.scripts.reconstruct import LoadedModel, OutputOptions, display_config, reconstruct_source
+from lrm_nerfstudio.reconstruction import LoadedModel, OutputOptions, display_config, reconstruct_source
 
 STATE_FILE = "demo_state.json"
 """Written in the output folder once training has finished: the run's config.yml (for resuming)."""

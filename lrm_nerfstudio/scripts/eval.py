@@ -86,7 +86,7 @@ from lrm_nerfstudio.mesh.marching_cubes import NoSurfaceError, save_mesh
 from lrm_nerfstudio.mesh.texture import check_texture_resolution
 from lrm_nerfstudio.methods import LoadedModel, load_model
 from lrm_nerfstudio.model.losses import PerceptualLoss
-from lrm_nerfstudio.scripts.reconstruct import OutputOptions, background_of
+from lrm_nerfstudio.reconstruction import OutputOptions, background_of
 
 BOX_TOLERANCE = 1e-3
 """A ground-truth mesh reaching further than 1 + this from the origin along an axis lies outside the scene box."""

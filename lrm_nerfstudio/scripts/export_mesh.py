@@ -21,11 +21,12 @@ from nerfstudio.scripts.exporter import Exporter
 from nerfstudio.utils.eval_utils import eval_setup
 from nerfstudio.utils.rich_utils import CONSOLE
 
+from lrm_nerfstudio.inference import extract_colored_mesh, finish_mesh
+from lrm_nerfstudio.io.checkpoints import ModelLoadError, find_checkpoint, read_trainer_config
 from lrm_nerfstudio.mesh.cleanup import DEFAULT_MIN_COMPONENT_FRACTION
 from lrm_nerfstudio.mesh.marching_cubes import NoSurfaceError, save_mesh
 from lrm_nerfstudio.mesh.texture import DEFAULT_TEXTURE_RESOLUTION
-from lrm_nerfstudio.scripts.export_weights import ModelLoadError, find_checkpoint, read_trainer_config
-from lrm_nerfstudio.scripts.reconstruct import OutputOptions, check_output_options, extract_colored_mesh, finish_mesh
+from lrm_nerfstudio.reconstruction import OutputOptions, check_output_options
 
 
 @dataclass
