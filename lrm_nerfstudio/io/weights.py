@@ -226,7 +226,7 @@ def load_weights(path: Path, model_type: type, processor_type: type) -> Weights:
         with_processor = key == "model" and isinstance(data, dict) and "processor" in _field_names(model_type)
         if with_processor:  # the model config holds its processor; the file keeps it in a field of its own
             if "processor" in data:
-                raise ModelLoadError(f"{path}: model.processor: unknown field (the processor has its own field)")
+                raise ModelLoadError(f"{path}: field model.processor: not allowed (the processor is its own field)")
             data["processor"] = json.loads(meta["processor"])
         try:
             sections[key] = from_plain(cls, data, key)

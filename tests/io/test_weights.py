@@ -160,6 +160,18 @@ def test_ill_typed_fields_are_named(section, edit, field_path, tiny_file, tmp_pa
         load_pretrained(bad)
 
 
+def test_processor_is_read_from_its_own_field_only(tiny_file, tmp_path):
+    _, good = tiny_file
+    model = json.loads(_read(good)[0]["model"])
+    model["processor"] = json.loads(_read(good)[0]["processor"]) | {"resolution": 512}  # a second, different copy
+    bad = _rewrite(good, tmp_path / "bad.safetensors", model=json.dumps(model))
+    with pytest.raises(ModelLoadError, match="field model.processor: not allowed"):
+        load_pretrained(bad)
+    processor = json.loads(_read(good)[0]["processor"]) | {"resolution": 32}
+    small = _rewrite(good, tmp_path / "small.safetensors", processor=json.dumps(processor))
+    assert load_pretrained(small).model.processor.resolution == 32  # the model config takes the file's processor
+
+
 def test_unknown_metadata_field_and_newer_version_are_refused(tiny_file, tmp_path):
     _, good = tiny_file
     with pytest.raises(ModelLoadError, match="unknown metadata field 'code'"):
