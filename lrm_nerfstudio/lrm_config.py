@@ -19,7 +19,7 @@ from lrm_nerfstudio.lrm_pipeline import LRMPipelineConfig
 from lrm_nerfstudio.model.camera_embedder import CameraEmbedderConfig
 from lrm_nerfstudio.model.encoder import ImageEncoderConfig
 from lrm_nerfstudio.model.lrm_model import LRMModelConfig
-from lrm_nerfstudio.model.processor import ProcessorConfig, apply_processor
+from lrm_nerfstudio.model.processor import ProcessorConfig
 from lrm_nerfstudio.model.triplane_field import TriplaneFieldConfig
 from lrm_nerfstudio.model.triplane_transformer import TriplaneTransformerConfig
 from lrm_nerfstudio.model.upsampler import TriplaneUpsamplerConfig
@@ -63,7 +63,6 @@ lrm_method = MethodSpecification(
                 target_views_per_object=4,
                 patch_size=128,
                 render_resolution_range=(128, 384),
-                source_resolution=512,
             ),
             # coarse to fine, minimum render resolution 64 -> 128 -> 256; a checkpoint reloads with its step's stage
             progressive=(
@@ -72,6 +71,7 @@ lrm_method = MethodSpecification(
                 (60_000, 128, 256, 384, 64, 64),
             ),
             model=LRMModelConfig(
+                processor=ProcessorConfig(resolution=512),
                 encoder=ImageEncoderConfig(
                     pretrained="facebook/dino-vitb16",
                     architecture="vit",
@@ -115,9 +115,9 @@ lrm_tiny_method = MethodSpecification(
                 target_views_per_object=4,
                 patch_size=32,
                 render_resolution_range=(32, 64),
-                source_resolution=64,
             ),
             model=LRMModelConfig(
+                processor=ProcessorConfig(resolution=64),
                 encoder=ImageEncoderConfig(
                     pretrained=None,
                     architecture="vit",
@@ -217,23 +217,21 @@ def _openlrm_base() -> LRMModelConfig:
     return openlrm.model_config(config, "openlrm-base")
 
 
-def _finetune_datamanager(processor: ProcessorConfig) -> LRMDataManagerConfig:
-    """A fine-tuning datamanager whose source images are prepared as the released model's were (its preset)."""
-    datamanager = LRMDataManagerConfig(
+def _finetune_datamanager() -> LRMDataManagerConfig:
+    """A fine-tuning datamanager (the model config brings the released model's processor)."""
+    return LRMDataManagerConfig(
         dataparser=LRMDataParserConfig(),
         objects_per_batch=2,
         target_views_per_object=4,
         patch_size=64,
         render_resolution_range=(64, 256),
     )
-    apply_processor(datamanager, processor)
-    return datamanager
 
 
 lrm_triposr_method = _finetune_method(
     "lrm-triposr",
     triposr.model_config({**triposr.RELEASED_CONFIG, "dino": triposr.DINO_VITB16}, "TripoSR"),
-    _finetune_datamanager(triposr.processor(triposr.RELEASED_CONFIG)),
+    _finetune_datamanager(),
     "TripoSR's architecture (stabilityai/TripoSR, MIT) for fine-tuning: --pipeline.model.init-from an "
     "lrm-import-weights file.",
 )
@@ -241,7 +239,7 @@ lrm_triposr_method = _finetune_method(
 lrm_openlrm_method = _finetune_method(
     "lrm-openlrm",
     _openlrm_base(),
-    _finetune_datamanager(openlrm.processor(openlrm.RELEASED_CONFIGS["base"])),
+    _finetune_datamanager(),
     "OpenLRM v1.1's architecture (base; weights CC BY-NC 4.0) for fine-tuning: --pipeline.model.init-from an "
     "lrm-import-weights file of any size (its architecture is used).",
 )

@@ -17,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from lrm_nerfstudio.data.lrm_datamanager import LRMDataManager, LRMDataManagerConfig
 from lrm_nerfstudio.eval.image_metrics import mask_iou
 from lrm_nerfstudio.model.lrm_model import LRMModel, LRMModelConfig
+from lrm_nerfstudio.model.processor import ProcessorConfig
 from lrm_nerfstudio.splat.gaussians import EmptyReconstructionError
 from lrm_nerfstudio.training import distributed
 from lrm_nerfstudio.training.cpu_memory import keep_freed_memory
@@ -66,11 +67,26 @@ class LRMPipelineConfig(VanillaPipelineConfig):
         # `ns-train --machine.device-type cpu --machine.num-devices N` needs this (training/distributed.py)
         distributed.install_cpu_launcher()
         if self.model.init_from is not None:
-            # The weights decide the architecture (and how source images are prepared), before config.yml is
-            # written, so that the run's checkpoints reload through its own config.
+            # The weights decide the architecture and the processor (how source images are prepared), before
+            # config.yml is written, so that the run's checkpoints reload through its own config.
             from lrm_nerfstudio.pretrained import adopt_architecture, load_pretrained
 
             adopt_architecture(self, load_pretrained(self.model.init_from, weights=False))
+
+
+def adopt_legacy_processor(config: LRMPipelineConfig) -> None:
+    """Give the model config of a config.yml written before models held their processor the processor that its
+    datamanager's source_* fields described (yaml restores a dataclass without its newer fields)."""
+    if "processor" in vars(config.model):
+        return
+    dm, default = vars(config.datamanager), ProcessorConfig()
+    background = dm.get("source_background")
+    config.model.processor = ProcessorConfig(
+        resolution=int(dm.get("source_resolution", default.resolution)),
+        background=None if background is None else tuple(float(c) for c in background),  # type: ignore[arg-type]
+        resize=dm.get("source_resize", default.resize),
+        foreground_ratio=float(dm.get("photo_foreground_ratio", default.foreground_ratio)),
+    )
 
 
 class LRMPipeline(VanillaPipeline):
@@ -88,6 +104,8 @@ class LRMPipeline(VanillaPipeline):
         self._progressive = parse_schedule(config.progressive)  # bad stages fail before any loading
         if torch.device(device).type == "cpu":
             keep_freed_memory()  # a quarter off a CPU step: no page faults on each step's activations (cpu_memory.py)
+        adopt_legacy_processor(config)
+        config.datamanager.processor = config.model.processor  # the model owns its input contract
         with distributed.cpu_friendly_ddp():  # VanillaPipeline.__init__ wraps the model in DDP when world_size > 1
             super().__init__(config, device, **kwargs)
         dm, model = self.datamanager.config, self.model.config

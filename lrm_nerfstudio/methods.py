@@ -25,9 +25,9 @@ from lrm_nerfstudio.io.checkpoints import (
     model_state_from_checkpoint,
     read_trainer_config,
 )
+from lrm_nerfstudio.lrm_pipeline import adopt_legacy_processor
 from lrm_nerfstudio.model.build import build_model
 from lrm_nerfstudio.model.lrm_model import LRMModel
-from lrm_nerfstudio.model.processor import apply_processor
 from lrm_nerfstudio.pretrained import Pretrained, clean_model_config, load_pretrained
 
 METHODS: dict[str, MethodSpecification] = {
@@ -55,7 +55,6 @@ def trainer_config_for(pretrained: Pretrained, name: str) -> TrainerConfig:
         )
     config = deepcopy(spec.config)
     config.pipeline.model = clean_model_config(deepcopy(pretrained.model))  # type: ignore[attr-defined]
-    apply_processor(config.pipeline.datamanager, pretrained.processor)  # type: ignore[attr-defined]
     return config
 
 
@@ -99,6 +98,7 @@ def load_model(
         return LoadedModel(config, model, pretrained.step, None, Path(weights))
     assert load_config is not None
     config = read_trainer_config(Path(load_config))
+    adopt_legacy_processor(config.pipeline)  # type: ignore[arg-type]
     ckpt = find_checkpoint(config, Path(load_config))
     state, step = model_state_from_checkpoint(ckpt)
     model = build_model(config.pipeline.model, state, device, str(ckpt))  # type: ignore[attr-defined]

@@ -21,7 +21,7 @@ from lrm_nerfstudio.io.checkpoints import ModelLoadError
 from lrm_nerfstudio.io.weights import WeightsSource, load_weights, save_weights
 from lrm_nerfstudio.model.build import build_model
 from lrm_nerfstudio.model.lrm_model import ARCHITECTURE_FIELDS, LRMModel, LRMModelConfig
-from lrm_nerfstudio.model.processor import ProcessorConfig, apply_processor
+from lrm_nerfstudio.model.processor import ProcessorConfig
 
 
 @dataclass
@@ -29,9 +29,7 @@ class Pretrained:
     """A model's configs and weights, from a weights file or a released folder."""
 
     model: LRMModelConfig
-    """Model config."""
-    processor: ProcessorConfig
-    """How its source images are prepared."""
+    """Model config, with its processor (how its source images are prepared)."""
     method: str
     """Registered method it trains with."""
     source: WeightsSource
@@ -56,11 +54,11 @@ def load_pretrained(path: Path, weights: bool = True) -> Pretrained:
     if path.is_dir():
         if not weights:
             cfg = read_folder_config(path)
-            return Pretrained(cfg.model, cfg.processor, cfg.method, WeightsSource(cfg.family, 0, None))
+            return Pretrained(cfg.model, cfg.method, WeightsSource(cfg.family, 0, None))
         cfg, state = import_folder(path)
-        return Pretrained(cfg.model, cfg.processor, cfg.method, WeightsSource(cfg.family, 0, None), state)
+        return Pretrained(cfg.model, cfg.method, WeightsSource(cfg.family, 0, None), state)
     loaded = load_weights(path, LRMModelConfig, ProcessorConfig)
-    return Pretrained(loaded.model, loaded.processor, loaded.method, loaded.source, loaded.state)
+    return Pretrained(loaded.model, loaded.method, loaded.source, loaded.state)
 
 
 def save_pretrained(path: Path, pretrained: Pretrained) -> Path:
@@ -68,7 +66,7 @@ def save_pretrained(path: Path, pretrained: Pretrained) -> Path:
     return save_weights(
         path,
         model=clean_model_config(pretrained.model),
-        processor=pretrained.processor,
+        processor=pretrained.model.processor,
         method=pretrained.method,
         source=pretrained.source,
         state=pretrained.state,
@@ -81,11 +79,10 @@ def clean_model_config(model: LRMModelConfig) -> LRMModelConfig:
 
 
 def adopt_architecture(pipeline_config, source: Pretrained) -> None:
-    """Give `pipeline_config` (an LRMPipelineConfig) the model architecture and source-image preset of `source`."""
+    """Give `pipeline_config` (an LRMPipelineConfig) the model architecture and processor of `source`."""
     model = pipeline_config.model
     for name in ARCHITECTURE_FIELDS:
         setattr(model, name, getattr(source.model, name))
-    apply_processor(pipeline_config.datamanager, source.processor)
 
 
 def from_pretrained(path: str | Path, device: str | torch.device | None = None) -> LRMModel:

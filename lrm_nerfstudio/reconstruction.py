@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shutil
 from copy import deepcopy
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,6 +39,7 @@ from lrm_nerfstudio.mesh.texture import DEFAULT_TEXTURE_RESOLUTION, check_textur
 from lrm_nerfstudio.mesh.turntable import ffmpeg_available, turntable_cameras, write_turntable
 from lrm_nerfstudio.methods import LoadedModel
 from lrm_nerfstudio.model.lrm_model import LRMModel
+from lrm_nerfstudio.model.processor import ProcessorConfig
 from lrm_nerfstudio.splat.convert import SplatConversionConfig, gaussians_from_triplane
 from lrm_nerfstudio.splat.gaussians import EmptyReconstructionError
 from lrm_nerfstudio.splat.ply import write_gaussians_ply
@@ -198,7 +199,12 @@ class ReconstructionTrainerConfig(LRMTrainerConfig):
 
 
 def display_config(
-    loaded: LoadedModel, checkpoint: Path, data: Path, display_object: str | None, out_dir: Path, **datamanager
+    loaded: LoadedModel,
+    checkpoint: Path,
+    data: Path,
+    display_object: str | None,
+    out_dir: Path,
+    processor: ProcessorConfig | None = None,
 ) -> TrainerConfig:
     """A copy of the run's config that nerfstudio's eval_setup (ns-viewer, ns-export) opens on one reconstruction,
     written as `out_dir`/config.yml.
@@ -215,8 +221,7 @@ def display_config(
     dm.data = dm.dataparser.data = Path(data).resolve()
     config.data = dm.data
     dm.display_object = display_object
-    for key, value in datamanager.items():
-        setattr(dm, key, value)
+    config.pipeline.model.processor = deepcopy(processor or loaded.model.config.processor)
     config.output_dir = out_dir.resolve()
     config.relative_model_dir = checkpoint.parent.resolve()
     config.load_dir = None
@@ -324,24 +329,19 @@ def reconstruct_file(
         NoSurfaceError: nothing to mesh.
     """
     timings: dict[str, float] = {}
-    dm = loaded.config.pipeline.datamanager
-    if foreground_ratio is None:  # the model's own preset (TripoSR 0.85, OpenLRM 0.8)
-        foreground_ratio = dm.photo_foreground_ratio
+    processor = loaded.model.config.processor
+    if foreground_ratio is not None:  # else the model's own (TripoSR 0.85, OpenLRM 0.8)
+        processor = replace(processor, foreground_ratio=foreground_ratio)
     with timed_stage(timings, "preprocess", loaded.device):
         pre = preprocess_image(
-            path,
-            size=dm.source_resolution,
-            foreground_ratio=foreground_ratio,
-            background_color=dm.source_background or background_of(loaded.config),
-            max_pixels=max_pixels,
-            resize=dm.source_resize,
+            path, processor=processor, background_color=background_of(loaded.config), max_pixels=max_pixels
         )
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
         copy = out_dir / f"input{path.suffix.lower()}"
         shutil.copyfile(path, copy)
-        config = display_config(loaded, checkpoint, copy, None, out_dir, photo_foreground_ratio=foreground_ratio)
+        config = display_config(loaded, checkpoint, copy, None, out_dir, processor=processor)
         return reconstruct_source(
             loaded, pre.image, canonical_source_camera(), path.stem, out_dir, options, config=config, timings=timings
         )

@@ -322,7 +322,7 @@ class LRMViewerControls(nn.Module):
             try:
                 # Checked in memory first: nothing is written for a bad upload and the message names the upload.
                 preprocess_image_bytes(
-                    data, name, size=self._datamanager.config.source_resolution, max_pixels=UPLOAD_MAX_PIXELS
+                    data, name, processor=self._pipeline.model.config.processor, max_pixels=UPLOAD_MAX_PIXELS
                 )
                 path = self._save_upload(name, data)
                 shown = self._pipeline.show_object(str(path))

@@ -58,7 +58,7 @@ def method_config(method: str, quick: bool):
     if quick:
         dm, model = config.pipeline.datamanager, config.pipeline.model
         dm.objects_per_batch, dm.target_views_per_object, dm.patch_size = 2, 2, 16
-        dm.render_resolution_range, dm.source_resolution = (16, 32), 32
+        dm.render_resolution_range, model.processor.resolution = (16, 32), 32
         model.encoder.pretrained = None
         model.encoder.image_size, model.encoder.patch_size = 32, 8
         model.encoder.hidden_size, model.encoder.num_layers, model.encoder.num_heads = 64, 2, 2
@@ -245,9 +245,11 @@ def train_step_child(spec: dict[str, Any]) -> dict[str, Any]:
     config = method_config(spec["method"], spec["quick"])
     dm, pipe = config.pipeline.datamanager, config.pipeline
     dm.data, dm.num_workers = Path(spec["data"]), 0
-    for key in ("objects_per_batch", "target_views_per_object", "patch_size", "source_resolution"):
+    for key in ("objects_per_batch", "target_views_per_object", "patch_size"):
         if spec.get(key) is not None:
             setattr(dm, key, spec[key])
+    if spec.get("source_resolution") is not None:
+        pipe.model.processor.resolution = spec["source_resolution"]
     if spec.get("patch_size") is not None:
         dm.render_resolution_range = (dm.patch_size, max(dm.patch_size, dm.render_resolution_range[1]))
     if hasattr(pipe, "progressive"):
@@ -452,7 +454,11 @@ def imported_model(family: str, args, device: str):
     folder = args.triposr_dir if family == "triposr" else args.openlrm_dir
     if folder is not None and (family == "triposr" or openlrm.model_size(openlrm.read_config(folder)) in family):
         loaded = load_pretrained(folder)
-        return build_loaded(loaded.model, loaded.state, device, str(folder)), loaded.processor.resolution, str(folder)
+        return (
+            build_loaded(loaded.model, loaded.state, device, str(folder)),
+            loaded.model.processor.resolution,
+            str(folder),
+        )
     if family == "triposr":
         source = {**triposr.RELEASED_CONFIG, "dino": triposr.DINO_VITB16}
         config = imported_config("triposr", source, family, Path(family))
@@ -461,7 +467,7 @@ def imported_model(family: str, args, device: str):
         source["encoder"] = {**openlrm.ENCODER_DEFAULTS, **openlrm.ENCODERS[source["encoder_model_name"]]}
         config = imported_config("openlrm", source, family, Path(family))
     torch.manual_seed(0)
-    return new_model(config.model, device), config.processor.resolution, "random"
+    return new_model(config.model, device), config.model.processor.resolution, "random"
 
 
 def benchmark_imported(family: str, args, device: str) -> dict[str, Any]:

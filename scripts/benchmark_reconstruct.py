@@ -23,7 +23,6 @@ import torch
 
 from lrm_nerfstudio.io.weights import WeightsSource
 from lrm_nerfstudio.lrm_config import lrm_method, lrm_tiny_method
-from lrm_nerfstudio.model.processor import processor_of
 from lrm_nerfstudio.pretrained import Pretrained, save_pretrained
 from lrm_nerfstudio.scripts.reconstruct import OutputOptions, ReconstructConfig
 from lrm_nerfstudio.scripts.reconstruct import main as reconstruct
@@ -39,7 +38,6 @@ def random_weights(method: str, folder: Path) -> Path:
     model = config.pipeline.model.setup(scene_box=SceneBox(torch.tensor([[-1.0] * 3, [1.0] * 3])), num_train_data=1)
     pretrained = Pretrained(
         config.pipeline.model,
-        processor_of(config.pipeline.datamanager),
         method,
         WeightsSource("trained", 0, None),
         model.state_dict(),

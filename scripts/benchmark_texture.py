@@ -134,10 +134,8 @@ def field_of(args) -> tuple:
     from lrm_nerfstudio.scripts.reconstruct import background_of
 
     loaded = load_model(weights=args.weights, device="cpu")
-    dm = loaded.config.pipeline.datamanager
-    pre = preprocess_image(args.image, size=dm.source_resolution, foreground_ratio=dm.photo_foreground_ratio,
-                           background_color=dm.source_background or background_of(loaded.config),
-                           resize=dm.source_resize)  # fmt: skip
+    pre = preprocess_image(args.image, processor=loaded.model.config.processor,
+                           background_color=background_of(loaded.config))  # fmt: skip
     model = loaded.model
     planes = predict_triplane(model, pre.image, canonical_source_camera())
     field = model.field

@@ -22,7 +22,6 @@ from lrm_nerfstudio.cameras import canonical_source_camera
 from lrm_nerfstudio.io.weights import WeightsSource
 from lrm_nerfstudio.model.build import new_model
 from lrm_nerfstudio.model.lrm_model import LRMModel
-from lrm_nerfstudio.model.processor import processor_of
 from lrm_nerfstudio.pretrained import Pretrained, from_pretrained, save_pretrained
 
 ORIGINAL = LRMModel.predict_triplanes
@@ -42,10 +41,7 @@ def weights(tmp_path_factory) -> Path:
     with torch.no_grad():  # a pixel lift that matters: its output layer starts at zero
         for p in model.pixel_lift.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    pretrained = Pretrained(
-        config.pipeline.model, processor_of(config.pipeline.datamanager), "lrm-tiny",
-        WeightsSource("trained", 0, None), model.state_dict(),
-    )  # fmt: skip
+    pretrained = Pretrained(config.pipeline.model, "lrm-tiny", WeightsSource("trained", 0, None), model.state_dict())
     return save_pretrained(tmp_path_factory.mktemp("lifted") / "lifted.safetensors", pretrained)
 
 

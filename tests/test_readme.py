@@ -204,9 +204,7 @@ def _methods_row(name: str, config) -> list[str]:
         origin = "from imported weights"
     else:
         origin = "from scratch"
-    encoder = (
-        f"{arch} {enc.num_layers} × {enc.hidden_size}, patch {enc.patch_size}, {dm.source_resolution}² input, {origin}"
-    )
+    encoder = f"{arch} {enc.num_layers} × {enc.hidden_size}, patch {enc.patch_size}, {model.processor.resolution}² input, {origin}"
     transformer = f"{tr.num_layers} layers × {tr.inner_dim}, {tr.triplane_low_res}² tokens"
     if tr.image_lift:
         transformer += ", image lift"

@@ -7,6 +7,7 @@ from pathlib import Path
 from nerfstudio.plugins.registry import discover_methods
 
 from lrm_nerfstudio.lrm_pipeline import LRMPipelineConfig
+from lrm_nerfstudio.model.processor import ProcessorConfig
 
 
 def test_entry_points_load():
@@ -35,9 +36,9 @@ def test_released_architecture_methods_are_registered():
     methods, _ = discover_methods()
     triposr, openlrm = methods["lrm-triposr"].pipeline, methods["lrm-openlrm"].pipeline
     assert triposr.model.transformer.block_style == "triposr" and triposr.model.sampler == "midpoint"
-    assert triposr.datamanager.source_resolution == 512 and triposr.datamanager.source_background == (0.5, 0.5, 0.5)
+    assert triposr.model.processor == ProcessorConfig(512, (0.5, 0.5, 0.5), "bilinear_antialias", 0.85)
     assert openlrm.model.transformer.modln_affine and openlrm.model.field.plane_axes == ((0, 1), (0, 2), (2, 1))
-    assert openlrm.datamanager.source_resize == "bicubic_align_corners"
+    assert openlrm.model.processor == ProcessorConfig(336, (1.0, 1.0, 1.0), "bicubic_align_corners", 0.8)
 
 
 def test_dataparser_entry_point_loads():

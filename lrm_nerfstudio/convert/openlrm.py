@@ -109,6 +109,7 @@ def model_config(config: dict[str, Any], name: str = CONFIG_FILE) -> LRMModelCon
         raise WeightsImportError(f"{name}: encoder_feat_dim {config['encoder_feat_dim']} != encoder width {width}")
     samples = need(config, "rendering_samples_per_ray", name, int)
     return LRMModelConfig(
+        processor=processor(config),
         encoder=ImageEncoderConfig(
             pretrained=None,
             architecture="dinov2_registers",

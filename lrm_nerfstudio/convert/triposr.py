@@ -165,6 +165,7 @@ def model_config(config: dict[str, Any], name: str = CONFIG_FILE) -> LRMModelCon
     if backbone.get("attention_bias", False) or backbone.get("activation_fn", "geglu") != "geglu":
         raise WeightsImportError(f"{name}: only the released backbone (no attention bias, GEGLU) is supported")
     return LRMModelConfig(
+        processor=processor(config),
         encoder=ImageEncoderConfig(
             pretrained=None,
             architecture="vit",

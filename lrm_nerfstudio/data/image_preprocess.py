@@ -17,11 +17,12 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float
 from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy import ndimage
 from torch import Tensor
+
+from lrm_nerfstudio.model.processor import ProcessorConfig
 
 MIN_SIDE = 8
 """Smaller images carry no usable object."""
@@ -208,7 +209,6 @@ def _preprocess(
         mask = _estimate_background_mask(rgb, name, notes)
         alpha = mask.astype(np.float32)
     bg = np.asarray(background_color, dtype=np.float32).reshape(3)
-    comp = rgb * alpha[..., None] + bg * (1.0 - alpha[..., None])
 
     ys, xs = np.nonzero(mask)
     x0, x1, y0, y1 = int(xs.min()), int(xs.max()) + 1, int(ys.min()), int(ys.max()) + 1
@@ -222,18 +222,15 @@ def _preprocess(
     canvas[..., 3] = 0.0
     h, w = mask.shape
     sx0, sy0, sx1, sy1 = max(0, ox), max(0, oy), min(w, ox + n), min(h, oy + n)
-    canvas[sy0 - oy : sy1 - oy, sx0 - ox : sx1 - ox, :3] = comp[sy0:sy1, sx0:sx1]
+    canvas[sy0 - oy : sy1 - oy, sx0 - ox : sx1 - ox, :3] = rgb[sy0:sy1, sx0:sx1]  # straight: prepare composites
     canvas[sy0 - oy : sy1 - oy, sx0 - ox : sx1 - ox, 3] = alpha[sy0:sy1, sx0:sx1]
 
-    t = torch.from_numpy(canvas).permute(2, 0, 1)[None]
-    if resize == "bicubic_align_corners":  # OpenLRM's resize of its source images
-        t = F.interpolate(t, size=(size, size), mode="bicubic", align_corners=True)[0].clamp(0, 1)
-    else:  # antialiased resampling: the object usually shrinks by a large factor
-        t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0].clamp(0, 1)
+    t = torch.from_numpy(canvas).permute(2, 0, 1)
+    image, mask_out = ProcessorConfig(resolution=size, resize=resize).prepare(t, tuple(bg.tolist()))  # type: ignore[arg-type]
     notes.append(f"object box {x1 - x0}x{y1 - y0} px recentred and scaled to {foreground_ratio:.2f} of {size} px")
     return PreprocessedImage(
-        image=t[:3].contiguous(),
-        alpha=t[3:].contiguous(),
+        image=image,
+        alpha=mask_out,
         had_alpha=had_alpha,
         source_path=name,
         bbox=(x0, y0, x1, y1),
@@ -255,7 +252,8 @@ def _check_args(size: int, foreground_ratio: float, background_color, alpha_thre
 def preprocess_image(
     path_or_array: str | os.PathLike | np.ndarray,
     *,
-    size: int,
+    processor: ProcessorConfig | None = None,
+    size: int | None = None,
     foreground_ratio: float = 0.85,
     background_color: tuple[float, float, float] = (1.0, 1.0, 1.0),
     max_pixels: int = 4096 * 4096,
@@ -271,6 +269,8 @@ def preprocess_image(
 
     Args:
         path_or_array: image file, or an array HxW[xC] (uint8, uint16, or float in [0, 1]; C = 1, 2, 3 or 4).
+        processor: the model's processor; when given it sets size, foreground_ratio, resize and (unless its
+            background is None) background_color.
         size: output side in pixels.
         foreground_ratio: larger side of the object box / output side.
         background_color: RGB in [0, 1] to composite on.
@@ -285,6 +285,11 @@ def preprocess_image(
         ImageInputError: missing, unreadable or non-image file, truncated data, too many pixels, absurd size,
             fully transparent image, or no separable foreground. The message starts with the file name.
     """
+    if processor is not None:
+        size, foreground_ratio, resize = processor.resolution, processor.foreground_ratio, processor.resize
+        background_color = processor.background or background_color
+    if size is None:
+        raise ValueError("preprocess_image: give size or processor")
     _check_args(size, foreground_ratio, background_color, alpha_threshold)
     notes: list[str] = []
     if isinstance(path_or_array, np.ndarray):
@@ -312,7 +317,8 @@ def preprocess_image_bytes(
     data: bytes,
     name: str,
     *,
-    size: int,
+    processor: ProcessorConfig | None = None,
+    size: int | None = None,
     foreground_ratio: float = 0.85,
     background_color: tuple[float, float, float] = (1.0, 1.0, 1.0),
     max_pixels: int = 4096 * 4096,
@@ -324,6 +330,11 @@ def preprocess_image_bytes(
     Raises:
         ImageInputError: as `preprocess_image`, with `name` as the file name.
     """
+    if processor is not None:
+        size, foreground_ratio, resize = processor.resolution, processor.foreground_ratio, processor.resize
+        background_color = processor.background or background_color
+    if size is None:
+        raise ValueError("preprocess_image: give size or processor")
     _check_args(size, foreground_ratio, background_color, alpha_threshold)
     if not data:
         raise _err(name, "empty upload (0 bytes)")

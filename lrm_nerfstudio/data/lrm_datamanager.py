@@ -18,6 +18,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+import tyro
 from jaxtyping import Float
 from nerfstudio.cameras.cameras import Cameras, CameraType
 from nerfstudio.cameras.rays import RayBundle
@@ -49,9 +50,9 @@ from lrm_nerfstudio.data.dataset_format import (
     load_rgba,
 )
 from lrm_nerfstudio.data.lrm_dataparser import LRMDataParser, LRMDataParserConfig
+from lrm_nerfstudio.model.processor import ProcessorConfig
 
 Background = Literal["white", "black", "random", "random_per_step"]
-SourceResize = Literal["bilinear_antialias", "bicubic_align_corners"]
 
 
 @dataclass
@@ -75,8 +76,6 @@ class LRMDataManagerConfig(VanillaDataManagerConfig):
     width in render_resolution_range; contiguous pixels, as LPIPS needs) or stride (every s-th pixel of the view
     itself in a grid spanning it, s = side // patch_size, at a random offset: the whole object in every patch and
     targets as sharp as the data, where resizing averages edges into the background)."""
-    source_resolution: int = 64
-    """Side of the square source image fed to the encoder."""
     background: Background = "white"
     """Background: white, black, random (one colour per object, shared by its source and targets) or
     random_per_step (one colour for the whole step)."""
@@ -95,14 +94,9 @@ class LRMDataManagerConfig(VanillaDataManagerConfig):
     view is the one view whose every pixel the image shows: supervising it teaches colour and silhouette first."""
     display_object: str | None = None
     """Object id or image path shown in test mode / the viewer; None = first test, else val, else train object."""
-    photo_foreground_ratio: float = 0.85
-    """Object size / image side after recentring a photo given as display object or --data (image_preprocess)."""
-    source_background: tuple[float, float, float] | None = None
-    """Background of every source image (training sources, photos, viewer uploads), RGB in [0, 1]; None: the
-    targets' background. TripoSR's inputs are on grey 0.5."""
-    source_resize: SourceResize = "bilinear_antialias"
-    """How source images are resized to `source_resolution`: bilinear antialiased (LRM, TripoSR) or bicubic with
-    align_corners (OpenLRM)."""
+    processor: tyro.conf.Suppress[ProcessorConfig] = field(default_factory=ProcessorConfig)
+    """How source images are prepared: the model's processor, which the pipeline sets at setup (set it with
+    --pipeline.model.processor.*); only a datamanager made without a pipeline uses this default."""
     max_display_views: int = 32
     """At most this many views of the display object (viewer cameras, test-mode rays)."""
     load_depth: bool = False
@@ -160,8 +154,6 @@ def _resize(x: Tensor, hw: tuple[int, int], mode: str = "bilinear") -> Tensor:
         return x
     if mode == "nearest":
         return F.interpolate(x[None], size=hw, mode="nearest")[0]
-    if mode == "bicubic_align_corners":
-        return F.interpolate(x[None], size=hw, mode="bicubic", align_corners=True)[0]
     return F.interpolate(x[None], size=hw, mode="bilinear", antialias=True, align_corners=False)[0]
 
 
@@ -257,16 +249,10 @@ class ObjectViewsDataset(Dataset):
         return rgba
 
     def source(self, obj: ObjectViews, view: int, bg: np.ndarray) -> tuple[Tensor, Tensor]:
-        """(source image [3, S, S] on bg, camera vector [16]) of one view."""
-        s, cfg = self.config.source_resolution, self.config
-        mode = "bicubic_align_corners" if cfg.source_resize == "bicubic_align_corners" else "bilinear"
-        if cfg.source_background is not None:
-            bg = np.asarray(cfg.source_background, dtype=np.float32)
-        prem = _premultiplied(self.load_view(obj, view))
-        if mode == "bicubic_align_corners":  # OpenLRM composites first, then resizes (bicubic overshoots alpha)
-            rgb = _resize(_composite(prem, bg)[0], (s, s), mode).clamp(0, 1)
-        else:
-            rgb, _ = _composite(_resize(prem, (s, s), mode), bg)
+        """(source image [3, S, S], camera vector [16]) of one view, prepared by the model's processor (on its
+        background, else on bg)."""
+        rgba = torch.from_numpy(self.load_view(obj, view)).permute(2, 0, 1)
+        rgb, _ = self.config.processor.prepare(rgba, bg.tolist())
         fx, fy, cx, cy, w, h = (torch.tensor(float(v)) for v in obj.intrinsics[view])
         cam = camera_vector(torch.from_numpy(obj.c2w[view]).float(), fx, fy, cx, cy, w, h).float()
         return rgb, cam
@@ -749,19 +735,11 @@ class LRMDataManager(VanillaDataManager):
         return self.dataparser.index is not None and self.dataparser.split_of(ref) is not None
 
     def _photo_source(self, path: Path) -> Float[Tensor, "3 H W"]:
-        """A user's photo -> source image (image_preprocess: mask, recentre, composite; plain load as fallback)."""
-        s, bg = self.config.source_resolution, self._eval_bg()
-        if self.config.source_background is not None:
-            bg = np.asarray(self.config.source_background, dtype=np.float32)
-        try:
-            from lrm_nerfstudio.data.image_preprocess import preprocess_image
-        except ImportError:
-            rgb, _ = _composite(_resize(_premultiplied(load_rgba(path)), (s, s)), bg)
-            return rgb
-        ratio, color = self.config.photo_foreground_ratio, tuple(float(c) for c in bg)
-        return preprocess_image(
-            path, size=s, foreground_ratio=ratio, background_color=color, resize=self.config.source_resize
-        ).image.float()
+        """A user's photo -> source image (image_preprocess: mask, recentre, then the model's processor)."""
+        from lrm_nerfstudio.data.image_preprocess import preprocess_image
+
+        background = tuple(float(c) for c in self._eval_bg())
+        return preprocess_image(path, processor=self.config.processor, background_color=background).image.float()
 
     def get_display_source(self, ref: str) -> tuple[Float[Tensor, "3 H W"], Float[Tensor, "16"], str]:
         """(source image, camera vector, name) of an object id (any split; canonical view 0) or an image path.

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from dataclasses import fields as data_fields
 from importlib import metadata as package_metadata
 from pathlib import Path
 from typing import Any, Literal
@@ -128,12 +129,21 @@ def save_weights(
         "format": WEIGHTS_FORMAT,
         "version": str(WEIGHTS_VERSION),
         "method": method,
-        "model": json.dumps(to_plain(model)),
+        "model": json.dumps(_without_processor(to_plain(model))),
         "processor": json.dumps(to_plain(processor)),
         "source": json.dumps(to_plain(source)),
         "written_by": json.dumps(to_plain(written_by())),
     }
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def _field_names(cls: type) -> set[str]:
+    return {f.name for f in data_fields(cls)}
+
+
+def _without_processor(model: dict[str, Any]) -> dict[str, Any]:
+    """The model config's JSON less its processor, which has a metadata field of its own."""
+    return {key: value for key, value in model.items() if key != "processor"}
 
 
 def upgrade_command(path: Path | str) -> str:
@@ -207,12 +217,17 @@ def load_weights(path: Path, model_type: type, processor_type: type) -> Weights:
     if not _METHOD_NAME.match(method):
         raise ModelLoadError(f"{path}: field method: {method!r:.60} is not a method name")
     sections: dict[str, Any] = {}
-    for key, cls in (("model", model_type), ("processor", processor_type), ("source", WeightsSource),
+    for key, cls in (("processor", processor_type), ("model", model_type), ("source", WeightsSource),
                      ("written_by", WrittenBy)):  # fmt: skip
         try:
             data = json.loads(meta[key])
         except (json.JSONDecodeError, RecursionError) as err:
             raise ModelLoadError(f"{path}: field {key}: not JSON ({err})") from err
+        with_processor = key == "model" and isinstance(data, dict) and "processor" in _field_names(model_type)
+        if with_processor:  # the model config holds its processor; the file keeps it in a field of its own
+            if "processor" in data:
+                raise ModelLoadError(f"{path}: field model.processor: not allowed (the processor is its own field)")
+            data["processor"] = json.loads(meta["processor"])
         try:
             sections[key] = from_plain(cls, data, key)
         except PlainDataError as err:

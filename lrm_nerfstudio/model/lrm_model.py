@@ -32,6 +32,7 @@ from lrm_nerfstudio.model.encoder import ImageEncoderConfig
 from lrm_nerfstudio.model.losses import PerceptualLoss, PerceptualNet, triplane_tv_loss
 from lrm_nerfstudio.model.metrics import image_quality
 from lrm_nerfstudio.model.pixel_lift import PixelLiftConfig
+from lrm_nerfstudio.model.processor import ProcessorConfig
 from lrm_nerfstudio.model.triplane_field import TriplaneFieldConfig
 from lrm_nerfstudio.model.triplane_transformer import TriplaneTransformerConfig
 from lrm_nerfstudio.model.upsampler import TriplaneUpsamplerConfig
@@ -47,8 +48,10 @@ ARCHITECTURE_FIELDS = (
     "compositing",
     "num_coarse_samples",
     "num_importance_samples",
+    "processor",
 )
-"""LRMModelConfig fields that decide which weights fit (taken from `init_from`)."""
+"""LRMModelConfig fields that decide which weights fit, and the input contract they were trained with (all taken
+from `init_from`)."""
 
 
 @dataclass
@@ -67,6 +70,8 @@ class LRMModelConfig(ModelConfig):
     pixel_lift: PixelLiftConfig = field(default_factory=PixelLiftConfig)
     """Source image lifted along the canonical camera's rays and added to the upsampled planes (off unless
     enabled; its widths follow the encoder and the upsampler)."""
+    processor: ProcessorConfig = field(default_factory=ProcessorConfig)
+    """How a source image is prepared for this model (resolution, background, resize, foreground ratio)."""
     field: TriplaneFieldConfig = field(default_factory=TriplaneFieldConfig)
     """Triplane NeRF decoder (its input channels follow the upsampler)."""
     sampler: Literal["pdf", "midpoint"] = "pdf"
@@ -110,8 +115,8 @@ class LRMModelConfig(ModelConfig):
     """Gaussians of the viewer's gsplat preview (its "Gaussian preview" checkbox; CUDA only)."""
     init_from: Path | None = None
     """Start training from these weights: a file of lrm-import-weights / lrm-export-weights, or a released
-    TripoSR / OpenLRM folder. Its architecture replaces this config's (ARCHITECTURE_FIELDS, and the source image
-    preset of the datamanager); ignored when resuming from a checkpoint (--load-dir)."""
+    TripoSR / OpenLRM folder. Its architecture and processor replace this config's (ARCHITECTURE_FIELDS);
+    ignored when resuming from a checkpoint (--load-dir)."""
 
 
 class LRMModel(Model):

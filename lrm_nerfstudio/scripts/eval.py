@@ -146,7 +146,8 @@ class EvalInputError(ValueError):
 
 # ----------------------------------------------------------------------------------------------------- data
 def open_dataset(loaded: LoadedModel, config: EvalConfig) -> tuple[LRMDataManager, list[str]]:
-    """The run's datamanager settings (source size, background) on `config.data`, and the ids to evaluate.
+    """The run's datamanager settings (background), with the model's processor, on `config.data`, and the ids to
+    evaluate.
 
     Raises:
         EvalInputError: no dataset there, or the split is missing or empty.
@@ -159,6 +160,7 @@ def open_dataset(loaded: LoadedModel, config: EvalConfig) -> tuple[LRMDataManage
     dm_config.dataparser.skip_bad_objects = False  # an unreadable object is a failed row of the report
     dm_config.num_workers = 0
     dm_config.display_object = None
+    dm_config.processor = loaded.model.config.processor  # sources prepared as the model's input contract says
     try:
         dm = dm_config.setup(device="cpu", test_mode="test")
     except (DatasetFormatError, ValueError) as err:

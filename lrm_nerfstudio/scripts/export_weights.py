@@ -30,7 +30,7 @@ from lrm_nerfstudio.io.checkpoints import (
     read_trainer_config,
 )
 from lrm_nerfstudio.io.weights import UPGRADE_FLAG, WEIGHTS_FORMAT, WeightsSource, read_safetensors
-from lrm_nerfstudio.model.processor import processor_of
+from lrm_nerfstudio.lrm_pipeline import adopt_legacy_processor
 from lrm_nerfstudio.pretrained import Pretrained, save_pretrained
 
 IMPORTED_METHODS = {"lrm-triposr": "triposr", "lrm-openlrm": "openlrm"}
@@ -58,9 +58,9 @@ def from_run(config_path: Path) -> tuple[Pretrained, Path]:
     ckpt = find_checkpoint(trainer_config, config_path)
     state, step = model_state_from_checkpoint(ckpt)
     pipeline = trainer_config.pipeline
+    adopt_legacy_processor(pipeline)  # type: ignore[arg-type]
     pretrained = Pretrained(
         pipeline.model,  # type: ignore[attr-defined]
-        processor_of(pipeline.datamanager),
         str(trainer_config.method_name),
         WeightsSource("trained", step, None),
         state,
@@ -86,9 +86,9 @@ def from_v1(path: Path) -> Pretrained:
     method = str(config.method_name)
     family = IMPORTED_METHODS.get(method, "trained") if step == 0 else "trained"
     pipeline = config.pipeline
+    adopt_legacy_processor(pipeline)  # type: ignore[arg-type]  (v1 files kept it in the datamanager)
     return Pretrained(
         pipeline.model,  # type: ignore[attr-defined]
-        processor_of(pipeline.datamanager),
         method,
         WeightsSource(family, step, None),  # type: ignore[arg-type]
         state,

@@ -53,9 +53,7 @@ def main(config: ImportWeightsConfig) -> int:
         CONSOLE.print(f"[bold red]error:[/bold red] {err}", soft_wrap=True, highlight=False)
         return 2
     source = WeightsSource(imported.family, 0, sha256_of(imported.weights_file))
-    path = save_pretrained(
-        config.output, Pretrained(imported.model, imported.processor, imported.method, source, state)
-    )
+    path = save_pretrained(config.output, Pretrained(imported.model, imported.method, source, state))
     n_params = sum(t.numel() for t in state.values())
     CONSOLE.print(
         f"Wrote {path} ({len(state)} tensors, {n_params / 1e6:.2f}M parameters, method "

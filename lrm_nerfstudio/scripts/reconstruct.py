@@ -76,8 +76,8 @@ class ReconstructConfig:
     output_dir: Path = Path("outputs/reconstructions")
     """Folder of the results: one sub-folder per image and timings.json."""
     foreground_ratio: float | None = None
-    """Object size / image side after recentring; None: the model's preset (its datamanager's
-    photo_foreground_ratio: 0.85 for lrm, lrm-tiny and TripoSR, 0.8 for OpenLRM)."""
+    """Object size / image side after recentring; None: the model's (its processor's foreground_ratio: 0.85 for
+    lrm, lrm-tiny and TripoSR, 0.8 for OpenLRM)."""
     max_pixels: int = 4096 * 4096
     """Larger images are refused before decoding (decompression-bomb guard)."""
     device: str | None = None

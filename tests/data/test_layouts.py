@@ -25,6 +25,7 @@ from lrm_nerfstudio.data.shards import PackShardsConfig, pack_shards
 from lrm_nerfstudio.generate.generate import GenerateConfig
 from lrm_nerfstudio.generate.generate import main as generate
 from lrm_nerfstudio.generate.renderer import CameraSamplerConfig
+from lrm_nerfstudio.model.processor import ProcessorConfig
 
 LAYOUTS = ("openlrm", "nerfstudio-folders")
 
@@ -164,7 +165,7 @@ def test_openlrm_lazy_bad_object_counted_then_run_stops_past_fraction(rendered, 
         _bad(root / oid / "pose" / "001.npy", "nan")
     lazy = {"eager_validation_max_objects": 0, "val_fraction": 0.0, "test_fraction": 0.0}
     cfg = {"num_workers": 0, "objects_per_batch": 6, "target_views_per_object": 2, "patch_size": 8,
-           "render_resolution_range": (16, 16), "source_resolution": 16}  # fmt: skip
+           "render_resolution_range": (16, 16), "processor": ProcessorConfig(resolution=16)}  # fmt: skip
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         parser = LRMDataParserConfig(max_bad_fraction=0.5, **lazy)
@@ -238,7 +239,7 @@ def test_training_steps_on_a_layout(layout_set):
     config = tiny_trainer_config(root, max_num_iterations=2, vis="tensorboard", steps_per_save=1000,
                                  steps_per_eval_batch=1000, steps_per_eval_image=1000, steps_per_eval_all_images=1000,
                                  output_dir=root.parent / "run")  # fmt: skip
-    config.pipeline.datamanager.source_resolution = 32
+    config.pipeline.model.processor.resolution = 32
     config.set_timestamp()
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()

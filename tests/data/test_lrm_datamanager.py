@@ -17,6 +17,7 @@ from lrm_nerfstudio.data import dataset_format
 from lrm_nerfstudio.data.dataset_format import DatasetFormatError, load_rgba
 from lrm_nerfstudio.data.lrm_datamanager import LRMDataManager, LRMDataManagerConfig
 from lrm_nerfstudio.data.lrm_dataparser import LRMDataParserConfig
+from lrm_nerfstudio.model.processor import ProcessorConfig
 
 W = 64  # fixture image size
 P = 16  # patch size in these tests
@@ -29,7 +30,7 @@ def ds(tmp_path_factory) -> Path:
 
 def make_dm(data: Path, test_mode: str = "val", **kwargs) -> LRMDataManager:
     cfg = {"objects_per_batch": 2, "target_views_per_object": 3, "patch_size": P, "render_resolution_range": (32, 64)}
-    cfg.update({"num_workers": 0, "source_resolution": 32, "eval_resolution": 32})
+    cfg.update({"num_workers": 0, "processor": ProcessorConfig(resolution=32), "eval_resolution": 32})
     cfg.update(kwargs)
     return LRMDataManagerConfig(data=data, **cfg).setup(test_mode=test_mode)
 

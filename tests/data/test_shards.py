@@ -13,6 +13,7 @@ from lrm_nerfstudio.data.dataset_format import DatasetFormatError
 from lrm_nerfstudio.data.lrm_datamanager import LRMDataManagerConfig
 from lrm_nerfstudio.data.lrm_dataparser import LRMDataParserConfig
 from lrm_nerfstudio.data.shards import PackShardsConfig, pack_shards
+from lrm_nerfstudio.model.processor import ProcessorConfig
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,13 @@ def copy_of(sharded: Path, tmp_path: Path) -> Path:
 
 def make_dm(data: Path, eager: bool = True, skip_bad_objects: bool = True, **kwargs):
     cfg = {"objects_per_batch": 2, "target_views_per_object": 3, "patch_size": 16, "render_resolution_range": (32, 64)}
-    cfg.update(num_workers=0, source_resolution=32, eval_resolution=32, load_depth=True, background="random")
+    cfg.update(
+        num_workers=0,
+        processor=ProcessorConfig(resolution=32),
+        eval_resolution=32,
+        load_depth=True,
+        background="random",
+    )
     cfg.update(kwargs)
     parser = LRMDataParserConfig(eager_validation_max_objects=1000 if eager else 0, skip_bad_objects=skip_bad_objects)
     return LRMDataManagerConfig(data=data, dataparser=parser, **cfg).setup(test_mode="val")

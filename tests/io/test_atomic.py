@@ -47,7 +47,6 @@ def test_shared_files_are_0644(tmp_path, umask_022):
     from lrm_nerfstudio.mesh.marching_cubes import save_mesh
     from lrm_nerfstudio.mesh.turntable import write_turntable
     from lrm_nerfstudio.model.lrm_model import LRMModelConfig
-    from lrm_nerfstudio.model.processor import ProcessorConfig
     from lrm_nerfstudio.pretrained import Pretrained, save_pretrained
     from lrm_nerfstudio.splat.gaussians import Gaussians
     from lrm_nerfstudio.splat.ply import write_gaussians_ply
@@ -55,7 +54,7 @@ def test_shared_files_are_0644(tmp_path, umask_022):
     source = WeightsSource("trained", 0, None)
     weights = save_pretrained(
         tmp_path / "w.safetensors",
-        Pretrained(LRMModelConfig(), ProcessorConfig(), "lrm-tiny", source, {"x": torch.zeros(2)}),
+        Pretrained(LRMModelConfig(), "lrm-tiny", source, {"x": torch.zeros(2)}),
     )
     n = 4
     quats = torch.zeros(n, 4)

@@ -35,11 +35,12 @@ YAML_PAYLOAD = '!!python/object/apply:os.system ["touch {marker}"]'
 
 def _tiny_pretrained(seed: int = 0) -> Pretrained:
     config = tiny_trainer_config(Path("unused"))
-    model_config = replace(config.pipeline.model, pixel_lift=replace(config.pipeline.model.pixel_lift, enabled=True))
+    processor = ProcessorConfig(resolution=64, background=(0.5, 0.5, 0.5), resize="bicubic_align_corners")
+    lift = replace(config.pipeline.model.pixel_lift, enabled=True)
+    model_config = replace(config.pipeline.model, pixel_lift=lift, processor=processor)
     torch.manual_seed(seed)
     model = new_model(model_config)
-    processor = ProcessorConfig(resolution=64, background=(0.5, 0.5, 0.5), resize="bicubic_align_corners")
-    return Pretrained(model_config, processor, "lrm-tiny", WeightsSource("trained", 11, None), model.state_dict())
+    return Pretrained(model_config, "lrm-tiny", WeightsSource("trained", 11, None), model.state_dict())
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,11 @@ def test_round_trip_gives_equal_configs_tensors_and_triplanes(tiny_file):
     pretrained, path = tiny_file
     loaded = load_pretrained(path)
     assert loaded.model == replace(pretrained.model, init_from=None) and loaded.model.pixel_lift.enabled
-    assert loaded.processor == pretrained.processor and loaded.method == "lrm-tiny"
+    assert loaded.model.processor == pretrained.model.processor and loaded.method == "lrm-tiny"
+    assert loaded.model.processor.background == (0.5, 0.5, 0.5)  # the model's input contract travels with it
+    metadata, _ = _read(path)  # the file keeps it in its own field, not twice
+    assert json.loads(metadata["processor"])["resize"] == "bicubic_align_corners"
+    assert "processor" not in json.loads(metadata["model"])
     assert loaded.source == WeightsSource("trained", 11, None)
     model = from_pretrained(path, device="cpu")
     want = pretrained.state
@@ -155,6 +160,18 @@ def test_ill_typed_fields_are_named(section, edit, field_path, tiny_file, tmp_pa
         load_pretrained(bad)
 
 
+def test_processor_is_read_from_its_own_field_only(tiny_file, tmp_path):
+    _, good = tiny_file
+    model = json.loads(_read(good)[0]["model"])
+    model["processor"] = json.loads(_read(good)[0]["processor"]) | {"resolution": 512}  # a second, different copy
+    bad = _rewrite(good, tmp_path / "bad.safetensors", model=json.dumps(model))
+    with pytest.raises(ModelLoadError, match="field model.processor: not allowed"):
+        load_pretrained(bad)
+    processor = json.loads(_read(good)[0]["processor"]) | {"resolution": 32}
+    small = _rewrite(good, tmp_path / "small.safetensors", processor=json.dumps(processor))
+    assert load_pretrained(small).model.processor.resolution == 32  # the model config takes the file's processor
+
+
 def test_unknown_metadata_field_and_newer_version_are_refused(tiny_file, tmp_path):
     _, good = tiny_file
     with pytest.raises(ModelLoadError, match="unknown metadata field 'code'"):
@@ -202,7 +219,7 @@ def test_v1_upgrade_gives_identical_tensors_and_outputs(tmp_path):
     assert export_weights(ExportWeightsConfig(upgrade=V1_FIXTURE, output=new, trust_embedded_yaml=True)) == 0
     upgraded = load_pretrained(new)
     assert upgraded.method == "lrm-tiny" and upgraded.step == 7 and upgraded.model.pixel_lift.enabled
-    assert upgraded.processor.resolution == 64
+    assert upgraded.model.processor.resolution == 64  # from the v1 config's datamanager.source_resolution
     _, v1_state = _read(V1_FIXTURE)
     model = from_pretrained(new, device="cpu")
     got = model.state_dict()

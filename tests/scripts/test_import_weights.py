@@ -52,7 +52,7 @@ def test_import_round_trip_through_weights_file(family, folder, tmp_path, capsys
     assert loaded.source.sha256 == sha256_of(weights_file)  # the file says which release checkpoint it came from
     from_file, from_folder = from_pretrained(out, device="cpu"), from_pretrained(folder, device="cpu")
     assert not from_file.training
-    size = loaded.processor.resolution
+    size = loaded.model.processor.resolution
     images = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     cams = canonical_source_camera()[None]
     with torch.no_grad():

@@ -32,7 +32,7 @@ def test_finetune_imported_triposr_loss_falls_and_reloads(procedural_dataset, tm
     init = tmp_path / "triposr.safetensors"
     imported, imported_state = import_folder(FIXTURES / "triposr_small", "triposr")
     source = WeightsSource("triposr", 0, None)
-    save_pretrained(init, Pretrained(imported.model, imported.processor, imported.method, source, imported_state))
+    save_pretrained(init, Pretrained(imported.model, imported.method, source, imported_state))
 
     config = deepcopy(lrm_triposr_method.config)
     dm = config.pipeline.datamanager
@@ -40,8 +40,9 @@ def test_finetune_imported_triposr_loss_falls_and_reloads(procedural_dataset, tm
     dm.patch_size, dm.render_resolution_range, dm.eval_resolution = 16, (32, 48), 32
     model = replace(config.pipeline.model, init_from=init, use_lpips=False)
     config.pipeline = replace(config.pipeline, model=model)  # re-runs __post_init__: the file's architecture
-    assert config.pipeline.model.transformer.inner_dim == 64 and dm.source_resolution == 64  # (fixture sizes)
-    assert config.pipeline.datamanager.source_background == (0.5, 0.5, 0.5)  # TripoSR's input preset
+    processor = config.pipeline.model.processor
+    assert config.pipeline.model.transformer.inner_dim == 64 and processor.resolution == 64  # (fixture sizes)
+    assert processor.background == (0.5, 0.5, 0.5)  # TripoSR's input preset
     steps = 12
     config.max_num_iterations, config.steps_per_save, config.save_only_latest_checkpoint = steps, steps, True
     config.steps_per_eval_batch = config.steps_per_eval_image = config.steps_per_eval_all_images = 10**6
