@@ -3,7 +3,8 @@
 
 nerfstudio's function charts the mesh with xatlas's default options, then finds every texel's triangle with a Python
 loop over the faces, 10 at a time, each step touching all N^2 texels: 5000 steps over 4.2 M texels for 50 k faces and
-the default 2048^2 texture, hours on a CPU. This one charts with `texture.unwrap` (chart area capped) and rasterises
+the default 2048^2 texture, hours on a CPU. This one charts with `unwrap_fast` (chart area capped, no chart
+optimisation iterations) and rasterises
 with `texture.rasterize_uv` (each face visits only its UV bounding box), and returns the same thing:
 
 - texture_coordinates [F, 3, 2]: each face corner's UV in nerfstudio's convention, where texel row h has
@@ -24,7 +25,45 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from lrm_nerfstudio.mesh.texture import fill_gutters, rasterize_uv, unwrap
+from lrm_nerfstudio.mesh.texture import (
+    CHART_AREA_FRACTION,
+    DEFAULT_PADDING,
+    TextureBakeError,
+    UVAtlas,
+    fill_gutters,
+    rasterize_uv,
+)
+
+
+def unwrap_fast(vertices: np.ndarray, faces: np.ndarray, resolution: int) -> UVAtlas:
+    """`texture.unwrap` without xatlas's chart-optimisation iterations (`max_iterations = 0`).
+
+    A decimated Poisson mesh of a trained model (50 k faces, 5,493 components, rough normals) was still in xatlas's
+    `computeCharts` after 5 minutes with the iterations and a 1/64 chart-area cap (over 2 minutes with 1/256); without
+    them it took 10 s for 23 k charts covering 0.70 of the atlas (docs/RECONSTRUCT.md).
+    """
+    import trimesh
+    import xatlas
+
+    if len(faces) == 0:
+        raise TextureBakeError("cannot unwrap a mesh with no faces")
+    area = float(trimesh.triangles.area(np.asarray(vertices, np.float64)[faces]).sum())
+    chart_options = xatlas.ChartOptions()
+    chart_options.max_chart_area = area * CHART_AREA_FRACTION
+    chart_options.max_iterations = 0
+    pack_options = xatlas.PackOptions()
+    pack_options.resolution = int(resolution)
+    pack_options.padding = DEFAULT_PADDING
+    pack_options.bilinear = True
+    pack_options.blockAlign = True
+    atlas = xatlas.Atlas()
+    atlas.add_mesh(np.ascontiguousarray(vertices, np.float32), np.ascontiguousarray(faces, np.uint32))
+    atlas.generate(chart_options, pack_options)
+    if atlas.atlas_count != 1:
+        raise TextureBakeError(f"xatlas packed the charts into {atlas.atlas_count} atlases, expected one")
+    vmap, new_faces, uv = atlas[0]
+    return UVAtlas(vmap.astype(np.int64), new_faces.astype(np.int64), uv.astype(np.float64), atlas.chart_count,
+                   float(atlas.utilization))  # fmt: skip
 
 
 def unwrap_mesh_with_xatlas(
@@ -46,7 +85,7 @@ def unwrap_mesh_with_xatlas(
     verts = vertices.detach().cpu().double().numpy()
     face_idx = faces.detach().cpu().long().numpy()
     normals = vertex_normals.detach().cpu().double().numpy()
-    atlas = unwrap(verts, face_idx, n)
+    atlas = unwrap_fast(verts, face_idx, n)
     uv = atlas.uv[atlas.faces]  # [F, 3, 2], v up (row 0 at v = 1)
     texture_coordinates = np.stack([uv[..., 0], 1.0 - uv[..., 1]], axis=-1).astype(np.float32)
     raster = rasterize_uv(atlas.uv, atlas.faces, n)
