@@ -416,7 +416,28 @@ class LRMModel(Model):
                 return self.render_camera_gaussians(camera)
             except (GsplatUnavailableError, EmptyReconstructionError):
                 pass
-        return super().get_outputs_for_camera(camera, obb_box=obb_box)
+        bundle = camera.generate_rays(camera_indices=0, keep_shape=True, obb_box=obb_box)
+        return self.get_outputs_for_camera_ray_bundle(bundle, compute_normals=True)
+
+    @torch.no_grad()
+    def get_outputs_for_camera_ray_bundle(
+        self, camera_ray_bundle: RayBundle, compute_normals: bool = False
+    ) -> dict[str, Tensor]:
+        """nerfstudio's chunked render of an [H, W] bundle with the display triplane; normals (a density-gradient
+        pass per sample) only when asked. The viewer and evaluation ask (`get_outputs_for_camera`); nerfstudio's
+        exporters call this directly for colour and depth (the texture of `ns-export poisson`: 2048^2 rays) and
+        get none. `forward` (`ns-export pointcloud`/`poisson`'s points) still renders normals."""
+        triplanes = self.display_triplanes()
+        height, width = camera_ray_bundle.origins.shape[:2]
+        chunk = self.config.eval_num_rays_per_chunk
+        pieces: dict[str, list[Tensor]] = {}
+        for start in range(0, len(camera_ray_bundle), chunk):
+            part = camera_ray_bundle.get_row_major_sliced_ray_bundle(start, start + chunk).to(self.device)
+            outputs = self.render_triplanes(part, triplanes, compute_normals=compute_normals)
+            for key, value in outputs.items():
+                if isinstance(value, Tensor):
+                    pieces.setdefault(key, []).append(value.to(camera_ray_bundle.directions.device))
+        return {key: torch.cat(value).view(height, width, -1) for key, value in pieces.items()}
 
     # ----------------------------------------------------------------------------------------------- nerfstudio API
     def forward(

@@ -12,7 +12,8 @@ Here the file is written under a temporary name and renamed. Loading the newest 
 and no `--load-step`, and nerfstudio's `eval_setup` for an LRM config) skips a newest file that is not completely
 written, with a warning naming it, and takes the previous one; nothing of the user's is renamed or deleted. A
 checkpoint that does not load (a pickle with code in it, say: torch.load keeps `weights_only`) ends `ns-viewer` /
-`ns-export` with one message naming the file instead of a traceback.
+`ns-export` with one message naming the file instead of a traceback. Loading an LRM config also puts the project's
+texture unwrap (`mesh.ns_texture`) in place of nerfstudio's, whose rasteriser takes hours at `ns-export`'s defaults.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class LRMTrainerConfig(TrainerConfig):
         # checkpoint choice gets its fallback (see install_eval_fallback)
         self.__dict__.update(state)
         install_eval_fallback()
+        install_fast_texture_unwrap()
 
 
 def _warn(message: str) -> None:
@@ -93,6 +95,19 @@ def install_eval_fallback() -> None:
         return
     _eval_load_checkpoint_with_fallback.original = current  # type: ignore[attr-defined]
     eval_utils.eval_load_checkpoint = _eval_load_checkpoint_with_fallback  # type: ignore[union-attr]
+
+
+def install_fast_texture_unwrap() -> None:
+    """Replace nerfstudio's `texture_utils.unwrap_mesh_with_xatlas` (the texture stage of `ns-export poisson` and
+    `tsdf`: hours on a CPU for the default 2048^2 texture) with `mesh.ns_texture`'s, which returns the same
+    thing in seconds. Called when an LRM config is loaded; replaces nerfstudio's own function only (a wrapper
+    someone put there, such as scripts/benchmark_ns_export.py's timer, stays)."""
+    from nerfstudio.exporter import texture_utils
+
+    from lrm_nerfstudio.mesh.ns_texture import unwrap_mesh_with_xatlas
+
+    if getattr(texture_utils.unwrap_mesh_with_xatlas, "__module__", None) == texture_utils.__name__:
+        texture_utils.unwrap_mesh_with_xatlas = unwrap_mesh_with_xatlas
 
 
 class LRMTrainer(Trainer):
