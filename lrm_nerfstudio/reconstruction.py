@@ -5,7 +5,6 @@ The CLIs parse options and report; everything that writes a reconstruction lives
 another command's module.
 """
 
-
 from __future__ import annotations
 
 import shutil
@@ -369,7 +368,6 @@ def timings_table(rows: dict[str, dict[str, float]], load_s: float | None, title
         t = {**t, TEXTURE_STAGES[0]: sum(t[s] for s in TEXTURE_STAGES if s in t)} if TEXTURE_STAGES[0] in t else t
         table.add_row(name, "", *(f"{t[s]:.2f}" if s in t else "-" for s in (*columns, "total")))
     return table
-
 
 
 def check_output_options(options: OutputOptions) -> str | None:

@@ -49,6 +49,7 @@ class DisplayPipeline(Protocol):
 
     def show_object(self, ref: str) -> str: ...
 
+
 SPLITS = ("test", "val", "train")
 """Dropdown order: held-out objects first, as the default display object is."""
 MAX_LISTED_PER_SPLIT = 2000

@@ -216,7 +216,9 @@ def _object_files(folder: Path, dataset_root: Path) -> list[tuple[Path, Path]]:
     A symlink is packed as the file it points to (a tar symlink member would be unreadable from the shard), so it
     must not lead out of the dataset: packing would otherwise copy, say, a home-directory file into shared shards.
     """
-    return _contained((p for p in sorted(folder.rglob("*")) if not p.name.startswith(".") and p.is_file()), dataset_root)
+    return _contained(
+        (p for p in sorted(folder.rglob("*")) if not p.name.startswith(".") and p.is_file()), dataset_root
+    )
 
 
 def _contained(paths, dataset_root: Path) -> list[tuple[Path, Path]]:
@@ -258,6 +260,7 @@ def pack_shards(config: PackShardsConfig) -> Path:
     if (out / "dataset.json").exists():
         raise _fail(out / "dataset.json", "output folder already holds a dataset", "choose an empty --output")
     ids = [oid for split in SPLITS for oid in index.splits[split]]
+
     def members(oid: str) -> list[tuple[str, Path | bytes]]:
         """(name inside the object, real file or bytes) of one object; every file must lie inside its dataset."""
         if layout is None:
