@@ -107,11 +107,11 @@ def _centred_photo() -> np.ndarray:
 def test_training_eval_reconstruct_and_upload_prepare_one_image_identically(
     tmp_path: Path, monkeypatch, processor: ProcessorConfig
 ):
+    from lrm_nerfstudio import reconstruction as reconstruct
     from lrm_nerfstudio.lrm_config import lrm_tiny_method
     from lrm_nerfstudio.methods import LoadedModel
     from lrm_nerfstudio.model.build import new_model
     from lrm_nerfstudio.scripts import eval as eval_script
-    from lrm_nerfstudio.scripts import reconstruct
 
     photo = tmp_path / "photo.png"
     Image.fromarray(_centred_photo(), "RGBA").save(photo)

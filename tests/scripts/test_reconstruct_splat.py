@@ -82,13 +82,13 @@ def test_splat_only_from_the_command_line(tiny_run, inputs, tmp_path):  # noqa: 
 
 
 def test_a_transparent_splat_fails_the_image_but_keeps_the_mesh(tiny_run, inputs, tmp_path, capsys, monkeypatch):  # noqa: F811
-    from lrm_nerfstudio.scripts import reconstruct
+    from lrm_nerfstudio import reconstruction
     from lrm_nerfstudio.splat.gaussians import EmptyReconstructionError
 
     def transparent(*args, **kwargs):
         raise EmptyReconstructionError("empty reconstruction: all 10 Gaussians are below 1/255 opacity")
 
-    monkeypatch.setattr(reconstruct, "splat_stage", transparent)
+    monkeypatch.setattr(reconstruction, "splat_stage", transparent)
     out = tmp_path / "recon"
     options = replace(SMALL, formats=("ply", "splat"), turntable_frames=0)
     assert main(ReconstructConfig(images=[inputs["rgba"]], load_config=tiny_run, output_dir=out, output=options)) == 1
