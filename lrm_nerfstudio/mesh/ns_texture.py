@@ -26,12 +26,10 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from lrm_nerfstudio.mesh.texture import (
-    CHART_AREA_FRACTION,
-    DEFAULT_PADDING,
-    TextureBakeError,
     UVAtlas,
     fill_gutters,
     rasterize_uv,
+    unwrap,
 )
 
 
@@ -42,28 +40,7 @@ def unwrap_fast(vertices: np.ndarray, faces: np.ndarray, resolution: int) -> UVA
     `computeCharts` after 5 minutes with the iterations and a 1/64 chart-area cap (over 2 minutes with 1/256); without
     them it took 10 s for 23 k charts covering 0.70 of the atlas (docs/RECONSTRUCT.md).
     """
-    import trimesh
-    import xatlas
-
-    if len(faces) == 0:
-        raise TextureBakeError("cannot unwrap a mesh with no faces")
-    area = float(trimesh.triangles.area(np.asarray(vertices, np.float64)[faces]).sum())
-    chart_options = xatlas.ChartOptions()
-    chart_options.max_chart_area = area * CHART_AREA_FRACTION
-    chart_options.max_iterations = 0
-    pack_options = xatlas.PackOptions()
-    pack_options.resolution = int(resolution)
-    pack_options.padding = DEFAULT_PADDING
-    pack_options.bilinear = True
-    pack_options.blockAlign = True
-    atlas = xatlas.Atlas()
-    atlas.add_mesh(np.ascontiguousarray(vertices, np.float32), np.ascontiguousarray(faces, np.uint32))
-    atlas.generate(chart_options, pack_options)
-    if atlas.atlas_count != 1:
-        raise TextureBakeError(f"xatlas packed the charts into {atlas.atlas_count} atlases, expected one")
-    vmap, new_faces, uv = atlas[0]
-    return UVAtlas(vmap.astype(np.int64), new_faces.astype(np.int64), uv.astype(np.float64), atlas.chart_count,
-                   float(atlas.utilization))  # fmt: skip
+    return unwrap(vertices, faces, resolution, chart_iterations=0)
 
 
 def unwrap_mesh_with_xatlas(

@@ -84,8 +84,10 @@ def unwrap(
     resolution: int,
     padding: int = DEFAULT_PADDING,
     chart_area_fraction: float = CHART_AREA_FRACTION,
+    chart_iterations: int | None = None,
 ) -> UVAtlas:
-    """Chart and pack the mesh with xatlas for a `resolution`^2 texture."""
+    """Chart and pack the mesh with xatlas for a `resolution`^2 texture (`chart_iterations`: xatlas's
+    chart-optimisation iterations, None for its default)."""
     import xatlas
 
     if len(faces) == 0:
@@ -93,6 +95,8 @@ def unwrap(
     area = float(trimesh.triangles.area(np.asarray(vertices, np.float64)[faces]).sum())
     chart_options = xatlas.ChartOptions()
     chart_options.max_chart_area = area * chart_area_fraction
+    if chart_iterations is not None:
+        chart_options.max_iterations = int(chart_iterations)
     pack_options = xatlas.PackOptions()
     pack_options.resolution = int(resolution)
     pack_options.padding = int(padding)
