@@ -82,15 +82,19 @@ def unit_scene_box() -> SceneBox:
 
 def ring_cameras(resolution: int = 128, n_azimuth: int = 8, elevations: tuple[float, ...] = (-30.0, 30.0)) -> Cameras:
     """Synthetic cameras around the origin (distance 2, canonical focal) for single-image inference."""
-    c2ws = [
-        look_at(spherical_eye(CANONICAL_DISTANCE, az, el))
+    eyes = [
+        spherical_eye(CANONICAL_DISTANCE, az, el)
         for el in elevations
         for az in np.linspace(0.0, 360.0, n_azimuth, endpoint=False)
     ]
-    n = len(c2ws)
-    f = CANONICAL_FOCAL * resolution
+    return cameras_looking_at_origin(np.stack(eyes), resolution)
+
+
+def cameras_looking_at_origin(eyes: np.ndarray, resolution: int) -> Cameras:
+    """Square pinhole cameras at `eyes` [n, 3] looking at the origin, +Z up, with the canonical focal."""
+    n, f = len(eyes), CANONICAL_FOCAL * resolution
     return Cameras(
-        camera_to_worlds=torch.from_numpy(np.stack(c2ws)).float(),
+        camera_to_worlds=torch.from_numpy(np.stack([look_at(eye) for eye in eyes])).float(),
         fx=torch.full((n, 1), f),
         fy=torch.full((n, 1), f),
         cx=torch.full((n, 1), resolution / 2),

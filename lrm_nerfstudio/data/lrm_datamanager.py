@@ -37,6 +37,7 @@ from lrm_nerfstudio.cameras import (  # noqa: F401 (ring_cameras re-exported: it
     CANONICAL_DISTANCE,
     CANONICAL_FOCAL,
     camera_vector,
+    cameras_looking_at_origin,
     look_at,
     ring_cameras,
     spherical_eye,
@@ -834,17 +835,7 @@ class LRMDataManager(VanillaDataManager):
         azimuth = np.arange(n) * math.pi * (3.0 - math.sqrt(5.0))
         ring = np.sqrt(1.0 - z**2)
         eyes = CANONICAL_DISTANCE * np.stack([ring * np.cos(azimuth), ring * np.sin(azimuth), z], -1)
-        focal = CANONICAL_FOCAL * res
-        return Cameras(
-            camera_to_worlds=torch.from_numpy(np.stack([look_at(eye) for eye in eyes])).float(),
-            fx=torch.full((n, 1), focal),
-            fy=torch.full((n, 1), focal),
-            cx=torch.full((n, 1), res / 2),
-            cy=torch.full((n, 1), res / 2),
-            width=torch.full((n, 1), res, dtype=torch.long),
-            height=torch.full((n, 1), res, dtype=torch.long),
-            camera_type=CameraType.PERSPECTIVE,
-        )
+        return cameras_looking_at_origin(eyes, res)
 
     def export_rays(self, num_rays: int) -> RayBundle:
         """`num_rays` distinct rays of the display object for ns-export: each from a random orbit camera through a
