@@ -148,10 +148,22 @@ class LRMPipeline(VanillaPipeline):
         name = dm.display_source[2]
         bundle = dm.display_probe_rays()
         chunk = self.model.config.eval_num_rays_per_chunk
-        alpha = torch.cat(
-            [self.model(bundle[i : i + chunk])["accumulation"].view(-1) for i in range(0, len(bundle), chunk)]
-        )
+        model = self.model
+        outputs = [model(bundle[i : i + chunk]) for i in range(0, len(bundle), chunk)]
+        accumulation = torch.cat([o["accumulation"].view(-1) for o in outputs])
+        alpha = torch.cat([model.get_rgba_image(o)[..., 3].view(-1) for o in outputs])  # what the point cloud keeps
+        opaque = float((accumulation > 0.5).float().mean()) if len(alpha) else 0.0
         fraction = float((alpha > 0.5).float().mean()) if len(alpha) else 0.0
+        if fraction < 0.5 * opaque:
+            # A soft field whose mesh level (render_display_surface) misses most of what it renders opaque, as an
+            # untrained model's fog: its points go back to the median depth, which every opaque ray has.
+            model.surface_depth = False
+            alpha, fraction = accumulation, opaque
+            CONSOLE.print(
+                f"{name}: the surface level of its meshes crosses few of its opaque rays (a soft field); its points "
+                "are at the rays' median depth instead.",
+                highlight=False,
+            )
         dm.set_export_opacity(alpha)  # export rays from then on aim at the opaque cells
         per_batch = fraction * dm.train_pixel_sampler.num_rays_per_batch
         if fraction < minimum:

@@ -655,8 +655,8 @@ def extract_mesh(
     return mesh
 
 
-def _coarse_to_fine_mesh(density_fn, resolution, lo, hi, chunk_size, iso_level, device, note):
-    """`extract_mesh`'s coarse-to-fine path: vertices (lattice units), faces, the level and the coarse grid."""
+def _coarse_lattice(density_fn, resolution, lo, hi, chunk_size, device) -> tuple[_BrickLattice, np.ndarray, np.ndarray]:
+    """The coarse-to-fine search's lattice, its queried coarse grid, and the part of it inside the dense lattice."""
     if resolution < 2:
         raise ValueError(f"extract_mesh: resolution must be >= 2, got {resolution}")
     if chunk_size < 1:
@@ -667,10 +667,34 @@ def _coarse_to_fine_mesh(density_fn, resolution, lo, hi, chunk_size, iso_level, 
     lattice = _BrickLattice(density_fn, lo, step, n, stride, chunk_size, device)
     grid = lattice.query_coarse()
     inside = (resolution - 1) // stride + 1
-    coarse = grid[:inside, :inside, :inside]
+    return lattice, grid, grid[:inside, :inside, :inside]
+
+
+def surface_level(
+    density_fn: DensityFn,
+    resolution: int = 128,
+    bbox=((-1.0, -1.0, -1.0), (1.0, 1.0, 1.0)),
+    chunk_size: int = 2**18,
+    device: torch.device | str = "cpu",
+) -> IsoLevel:
+    """The iso-level that `extract_mesh(density_fn, resolution, bbox)` picks by itself, without meshing: chosen by
+    `choose_iso_level` on the same coarse lattice (65^3 points at resolutions 128 and 256).
+
+    Raises:
+        NoSurfaceError: as `choose_iso_level`.
+    """
+    lo, hi, _ = _grid_axes(resolution, bbox)
+    lattice, _, coarse = _coarse_lattice(density_fn, resolution, lo, hi, chunk_size, device)
+    return choose_iso_level(coarse, spacing=float(np.max(lattice.step)) * lattice.size)
+
+
+def _coarse_to_fine_mesh(density_fn, resolution, lo, hi, chunk_size, iso_level, device, note):
+    """`extract_mesh`'s coarse-to-fine path: vertices (lattice units), faces, the level and the coarse grid."""
+    lattice, grid, coarse = _coarse_lattice(density_fn, resolution, lo, hi, chunk_size, device)
+    stride = lattice.size
     if iso_level is None:
         # the level from the coarse lattice: its histogram of value vs gradient is the dense one's, sub-sampled
-        iso = choose_iso_level(coarse, spacing=float(np.max(step)) * stride)
+        iso = choose_iso_level(coarse, spacing=float(np.max(lattice.step)) * stride)
     else:
         iso = IsoLevel(float(iso_level), "fixed", {})
     note(f"coarse {len(grid)}^3 lattice (stride {stride}); iso-level {iso.value:.4g} ({iso.method})")

@@ -6,6 +6,7 @@ decoder and triplane NeRF, §3.3 training objective.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -36,6 +37,14 @@ from lrm_nerfstudio.model.processor import ProcessorConfig
 from lrm_nerfstudio.model.triplane_field import TriplaneFieldConfig
 from lrm_nerfstudio.model.triplane_transformer import TriplaneTransformerConfig
 from lrm_nerfstudio.model.upsampler import TriplaneUpsamplerConfig
+
+MIN_SAMPLES_PER_RAY = 4
+"""Fewest coarse (and importance) samples `LRMModel.samples_per_ray` gives a ray with a short interval of its own."""
+
+SURFACE_LEVEL_RESOLUTION = 128
+"""`render_display_surface` uses the density level that marching cubes at this resolution pick (lrm-eval's)."""
+SURFACE_BISECTIONS = 6
+"""Bisection steps from the samples that bracket a ray's surface crossing: 1/64 of the sample spacing there."""
 
 ARCHITECTURE_FIELDS = (
     "encoder",
@@ -174,6 +183,9 @@ class LRMModel(Model):
         """Render source-less cameras (the viewer) by rasterising Gaussians of the display triplane with gsplat
         (`render_camera_gaussians`) instead of volume rendering; the viewer's checkbox sets it. CUDA only."""
         self._preview: tuple[Tensor, Any] | None = None  # (display triplane, its Gaussians)
+        self._surface_level: tuple[Tensor, float | None] | None = None  # (display triplane, its surface level)
+        self.surface_depth = True
+        """`render_display_surface`: depth at the surface level (True) or the median depth."""
 
     # ----------------------------------------------------------------------------------------------- parameters
     def get_param_groups(self) -> dict[str, list[Parameter]]:
@@ -236,7 +248,11 @@ class LRMModel(Model):
 
     # ----------------------------------------------------------------------------------------------- rendering
     def render_triplanes(
-        self, ray_bundle: RayBundle, triplanes: Float[Tensor, "B 3 C R R"], compute_normals: bool = False
+        self,
+        ray_bundle: RayBundle,
+        triplanes: Float[Tensor, "B 3 C R R"],
+        compute_normals: bool = False,
+        keep_density: bool = False,
     ) -> dict[str, Any]:
         """Volume-render rays through their object's triplane (coarse uniform + importance samples, or midpoints).
 
@@ -245,9 +261,12 @@ class LRMModel(Model):
                 and `metadata["background_color"]` its background (default white).
             triplanes: from `predict_triplanes`.
             compute_normals: also render normals from the density gradient.
+            keep_density: also return the final samples' densities as "sample_density" [N, S, 1] (their samples are
+                `ray_samples_list[-1]`).
         """
         if self.config.sampler == "midpoint":
-            return self._render_midpoints(ray_bundle, triplanes, compute_normals)
+            return self._render_midpoints(ray_bundle, triplanes, compute_normals, keep_density)
+        num_coarse, num_importance = self.samples_per_ray(ray_bundle)
         if ray_bundle.nears is None or ray_bundle.fars is None:
             ray_bundle = self.collider(ray_bundle)
         metadata = ray_bundle.metadata or {}
@@ -256,11 +275,13 @@ class LRMModel(Model):
             object_index = torch.zeros(len(ray_bundle), 1, dtype=torch.long, device=triplanes.device)
         object_index = object_index.long()
 
-        ray_samples_uniform = self.sampler_uniform(ray_bundle)
+        ray_samples_uniform = self.sampler_uniform(ray_bundle, num_samples=num_coarse)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.coarse_pass_with_grad):
             coarse = self.field(ray_samples_uniform, triplanes, object_index)
             weights_coarse = ray_samples_uniform.get_weights(coarse[FieldHeadNames.DENSITY])
-        ray_samples = self.sampler_pdf(ray_bundle, ray_samples_uniform, weights_coarse.detach())
+        ray_samples = self.sampler_pdf(
+            ray_bundle, ray_samples_uniform, weights_coarse.detach(), num_samples=num_importance
+        )
         normals = None
         if self.config.compositing == "interval":
             ray_samples, density, rgb = self._interval_composite(ray_bundle, ray_samples, triplanes, object_index)
@@ -270,7 +291,10 @@ class LRMModel(Model):
             fine = self.field(ray_samples, triplanes, object_index, compute_normals=compute_normals)
             density, rgb = fine[FieldHeadNames.DENSITY], fine[FieldHeadNames.RGB]
             normals = fine.get(FieldHeadNames.NORMALS)
-        return self._composite(metadata, ray_samples, density, rgb, normals, (weights_coarse, ray_samples_uniform))
+        outputs = self._composite(metadata, ray_samples, density, rgb, normals, (weights_coarse, ray_samples_uniform))
+        if keep_density:
+            outputs["sample_density"] = density
+        return outputs
 
     def _composite(
         self,
@@ -322,7 +346,7 @@ class LRMModel(Model):
         return intervals, density, (rgb[:, 1:] + rgb[:, :-1]) / 2
 
     def _render_midpoints(
-        self, ray_bundle: RayBundle, triplanes: Float[Tensor, "B 3 C R R"], compute_normals: bool
+        self, ray_bundle: RayBundle, triplanes: Float[Tensor, "B 3 C R R"], compute_normals: bool, keep_density: bool
     ) -> dict[str, Any]:
         """TripoSR's renderer: N midpoints between entry and exit of the box, delta = 1/N, no importance pass."""
         metadata = ray_bundle.metadata or {}
@@ -343,7 +367,29 @@ class LRMModel(Model):
         ray_samples.deltas = torch.full_like(ray_samples.deltas, 1.0 / n)  # TripoSR's delta: 1/N of the chord
         out = self.field(ray_samples, triplanes, object_index, compute_normals=compute_normals)
         density = out[FieldHeadNames.DENSITY] * valid[:, None].to(origins.dtype)
-        return self._composite(metadata, ray_samples, density, out[FieldHeadNames.RGB], out.get(FieldHeadNames.NORMALS))
+        outputs = self._composite(
+            metadata, ray_samples, density, out[FieldHeadNames.RGB], out.get(FieldHeadNames.NORMALS)
+        )
+        if keep_density:
+            outputs["sample_density"] = density
+        return outputs
+
+    def samples_per_ray(self, ray_bundle: RayBundle) -> tuple[int, int]:
+        """Coarse and importance samples for these rays.
+
+        A ray across the box gets the method's counts. Rays that come with their own, shorter interval (`nears` and
+        `fars` set by the caller) get as many as keep that spacing, and at least `MIN_SAMPLES_PER_RAY` of each:
+        nerfstudio's texture rays in `ns-export poisson` span two edge lengths at the surface, about 2 % of the
+        box, and were rendered with the full count, 4.2 M of them at the default 2048^2 texture."""
+        coarse, importance = self.sampler_uniform.num_samples, self.sampler_pdf.num_samples
+        if ray_bundle.nears is None or ray_bundle.fars is None or len(ray_bundle) == 0:
+            return coarse, importance
+        across_box = float((self.scene_box.aabb[1] - self.scene_box.aabb[0]).min())
+        fraction = float((ray_bundle.fars - ray_bundle.nears).max()) / across_box
+        if not fraction < 1.0:  # also NaN
+            return coarse, importance
+        scaled = lambda n: min(n, max(MIN_SAMPLES_PER_RAY, math.ceil(n * fraction)))
+        return scaled(coarse), scaled(importance)
 
     def set_samples_per_ray(self, num_coarse: int, num_importance: int) -> None:
         """Samples per ray from now on (progressive resolution, training/progressive.py); the config keeps the
@@ -357,6 +403,7 @@ class LRMModel(Model):
         with self._display_lock:
             self._display_source = (image.detach().to(self.device), camera.detach().to(self.device))
             self._display_triplanes = None
+            self.surface_depth = True
 
     def refresh_display(self) -> None:
         """Forget the display triplane so that the next source-less call re-predicts it."""
@@ -447,7 +494,7 @@ class LRMModel(Model):
         source_cameras: Float[Tensor, "B 16"] | None = None,
     ) -> dict[str, Any]:
         if source_images is None:
-            return self.render_triplanes(ray_bundle, self.display_triplanes(), compute_normals=True)
+            return self.render_display_surface(ray_bundle)
         if source_cameras is None:
             raise ValueError("LRMModel.forward: source_images given without source_cameras")
         triplanes = self.predict_triplanes(source_images, source_cameras)
@@ -459,6 +506,66 @@ class LRMModel(Model):
 
     def get_outputs(self, ray_bundle: RayBundle) -> dict[str, Any]:
         return self.forward(ray_bundle)
+
+    @torch.no_grad()
+    def display_surface_level(self) -> float | None:
+        """The density level of the display object's surface: the level `extract_mesh` picks by itself at
+        `SURFACE_LEVEL_RESOLUTION` (lrm-eval's and the demo's meshes), chosen once per display triplane; None when
+        the field has no surface (`NoSurfaceError`)."""
+        from lrm_nerfstudio.mesh.marching_cubes import NoSurfaceError, surface_level
+
+        triplanes = self.display_triplanes()
+        cached = self._surface_level
+        if cached is None or cached[0] is not triplanes:
+            density = lambda points: self.field.density_at(points[None], triplanes)[0, :, 0]
+            try:
+                level: float | None = surface_level(density, SURFACE_LEVEL_RESOLUTION, device=self.device).value
+            except NoSurfaceError:
+                level = None
+            cached = self._surface_level = (triplanes, level)
+        return cached[1]
+
+    def render_display_surface(self, ray_bundle: RayBundle) -> dict[str, Any]:
+        """The display object's rays for nerfstudio's point cloud (`ns-export pointcloud` and `poisson`).
+
+        Colour and opacity are the volume render's. "depth" is where the ray first crosses the surface level
+        (`display_surface_level`, the level of the project's marching-cubes meshes) and "normals" the outward
+        density gradient there, so that every point lies on one surface whichever way its ray came. The median
+        depth of a soft, briefly trained field moves with the view direction: on the demo's model it spread the
+        points through a shell about 0.6 thick, and Poisson wrapped them in a 4.7 M-face mesh of 28 square units
+        for an object of about 3. Rays that never cross the level get alpha 0 (`get_rgba_image`), so nerfstudio
+        drops them. A field without a surface, or with `surface_depth` off (`LRMPipeline.check_display_opacity` turns
+        it off when the level misses most opaque rays), falls back to the median depth and rendered normals."""
+        triplanes = self.display_triplanes()
+        level = self.display_surface_level() if self.surface_depth else None
+        if level is None:
+            return self.render_triplanes(ray_bundle, triplanes, compute_normals=True)
+        outputs = self.render_triplanes(ray_bundle, triplanes, keep_density=True)
+        density = outputs.pop("sample_density")[..., 0]  # [N, S]
+        samples = outputs["ray_samples_list"][-1]
+        t = ((samples.frustums.starts + samples.frustums.ends) / 2)[..., 0]  # [N, S]
+        above = density >= level
+        hit = above.any(dim=-1)
+        k = above.int().argmax(dim=-1, keepdim=True)  # the first sample at or above the level
+        k0 = (k - 1).clamp_min(0)
+        t0, t1 = t.gather(-1, k0)[:, 0], t.gather(-1, k)[:, 0]
+        origins, directions = ray_bundle.origins, ray_bundle.directions
+        # bisection between the last sample below the level and the first above it
+        for _ in range(SURFACE_BISECTIONS):
+            mid = (t0 + t1) / 2
+            below = self.field.density_at((origins + directions * mid[:, None])[None], triplanes)[0, :, 0] < level
+            t0, t1 = torch.where(below, mid, t0), torch.where(below, t1, mid)
+        depth = (t0 + t1) / 2
+        points = (origins + directions * depth[:, None]).detach()
+        with torch.enable_grad():
+            points.requires_grad_(True)
+            sigma = self.field.density_at(points[None], triplanes)[0, :, 0]
+            (gradient,) = torch.autograd.grad(sigma.sum(), points)
+        normals = -gradient / gradient.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        outputs["depth"] = torch.where(hit[:, None], depth[:, None], outputs["depth"])
+        outputs["normals"] = (normals.detach() + 1.0) / 2.0
+        outputs["surface_hit"] = hit[:, None]
+        return outputs
 
     @torch.no_grad()
     def render_camera(
@@ -492,10 +599,12 @@ class LRMModel(Model):
         return {key: torch.cat(value).view(height, width, -1) for key, value in pieces.items()}
 
     def get_rgba_image(self, outputs: dict[str, Tensor], output_name: str = "rgb") -> Tensor:
-        """RGBA with the real accumulation as alpha, so that exporters drop empty space."""
+        """RGBA with the real accumulation as alpha, so that exporters drop empty space; 0 where a ray of
+        `render_display_surface` missed the surface."""
         accumulation = outputs["accumulation"]
         rgb = outputs["rgb_premultiplied"] / accumulation.clamp(min=1e-6)
-        return torch.cat([rgb.clamp(0, 1), accumulation], dim=-1)
+        alpha = accumulation * outputs["surface_hit"] if "surface_hit" in outputs else accumulation
+        return torch.cat([rgb.clamp(0, 1), alpha], dim=-1)
 
     # ----------------------------------------------------------------------------------------------- losses/metrics
     def get_metrics_dict(self, outputs: dict[str, Any], batch: dict[str, Any]) -> dict[str, Tensor]:

@@ -113,3 +113,76 @@ def test_initial_field_is_nearly_empty(pipeline):
         acc = pipeline.model(bundle)["accumulation"]  # the display object's predicted triplane
     # With the old bias (-1: density about 0.37 everywhere) these rays started about half opaque (max ~0.5).
     assert float(acc.max()) < 0.1, f"initial accumulation up to {float(acc.max()):.3f}: the box starts foggy"
+
+
+def test_short_explicit_rays_get_fewer_samples_at_the_same_spacing(pipeline):
+    """nerfstudio's texture rays (`ns-export poisson`) come with their own interval of about 2 % of the box."""
+    model = pipeline.model
+    coarse, importance = model.sampler_uniform.num_samples, model.sampler_pdf.num_samples
+    one = lambda near, far: RayBundle(
+        origins=torch.zeros(2, 3),
+        directions=torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]),
+        pixel_area=torch.ones(2, 1),
+        camera_indices=torch.zeros(2, 1, dtype=torch.long),
+        nears=torch.full((2, 1), near),
+        fars=torch.tensor([[far], [far / 2]]),
+    )
+    assert model.samples_per_ray(one(0.0, 0.04)) == (4, 4)  # the floor: MIN_SAMPLES_PER_RAY
+    across = float((model.scene_box.aabb[1] - model.scene_box.aabb[0]).min())
+    half = model.samples_per_ray(one(0.0, across / 2))  # the longest ray of the chunk decides
+    assert half == (max(4, -(-coarse // 2)), max(4, -(-importance // 2)))
+    assert model.samples_per_ray(one(0.0, 3 * across)) == (coarse, importance)
+    camera_rays = one(0.0, 0.04)
+    camera_rays.nears = camera_rays.fars = None  # a camera's rays: the collider sets the box's interval
+    assert model.samples_per_ray(camera_rays) == (coarse, importance)
+    with torch.no_grad():
+        out = model.get_outputs_for_camera_ray_bundle(one(0.0, 0.04).reshape((1, 2)))
+    assert out["rgb"].shape == (1, 2, 3) and torch.isfinite(out["rgb"]).all()
+
+
+class SphereField(torch.nn.Module):
+    """A field with a known surface: density 50 sigmoid((0.5 - |p - c|) / 0.02), colour 0.5 + 0.5 p."""
+
+    centre = torch.tensor([0.1, -0.05, 0.05])
+
+    def density_at(self, points, triplanes=None):
+        return 50.0 * torch.sigmoid((0.5 - (points - self.centre).norm(dim=-1, keepdim=True)) / 0.02)
+
+    def forward(self, ray_samples, triplanes=None, object_index=None, compute_normals=False):
+        from nerfstudio.field_components.field_heads import FieldHeadNames
+
+        points = ray_samples.frustums.get_positions()
+        return {FieldHeadNames.DENSITY: self.density_at(points), FieldHeadNames.RGB: 0.5 + 0.5 * points}
+
+
+def test_display_rays_stop_at_the_surface_of_the_mesh_level(pipeline):
+    """`ns-export`'s points: the depth is where the ray crosses the level that the project's marching cubes pick,
+    the normal is the outward density gradient there, and rays that miss the surface are dropped (alpha 0)."""
+    model = pipeline.model
+    model.field = SphereField()
+    level = model.display_surface_level()
+    radius = 0.5 - 0.02 * torch.logit(torch.tensor(level / 50.0))  # where the density equals the level
+    assert abs(float(radius) - 0.5) < 0.02  # the level of the steepest gradient: the sigmoid's middle
+    lin = torch.linspace(-0.7, 0.7, 15)
+    u, v = torch.meshgrid(lin, lin, indexing="ij")
+    origins = torch.stack([torch.full_like(u, -2.0), u, v], -1).reshape(-1, 3)
+    directions = torch.nn.functional.normalize(torch.tensor([[1.0, 0.1, -0.05]]), dim=-1).expand_as(origins)
+    bundle = RayBundle(origins=origins, directions=directions.contiguous(), pixel_area=torch.ones(len(origins), 1),
+                       camera_indices=torch.zeros(len(origins), 1, dtype=torch.long))  # fmt: skip
+    with torch.no_grad():
+        out = model(bundle)
+    alpha = model.get_rgba_image(out)[:, 3]
+    hit = out["surface_hit"][:, 0]
+    offset = origins - SphereField.centre
+    along = (offset * directions).sum(-1)
+    miss_distance = (offset - along[:, None] * directions).norm(dim=-1)  # closest approach to the centre
+    assert bool(hit[miss_distance < radius - 0.02].all()) and not bool(hit[miss_distance > radius + 0.02].any())
+    assert bool((alpha[~hit] == 0).all()) and torch.equal(alpha[hit], out["accumulation"][hit, 0])
+    points = origins[hit] + directions[hit] * out["depth"][hit]
+    distance = (points - SphereField.centre).norm(dim=-1)
+    assert torch.allclose(distance, radius.expand_as(distance), atol=2e-3), (distance - radius).abs().max()
+    front = (points - SphereField.centre) * directions[hit]  # the near side: the first crossing
+    assert bool((front.sum(-1) < 0).all())
+    normals = out["normals"][hit] * 2 - 1
+    outward = torch.nn.functional.normalize(points - SphereField.centre, dim=-1)
+    assert torch.allclose(normals, outward, atol=1e-3)
