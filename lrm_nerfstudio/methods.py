@@ -35,6 +35,7 @@ METHODS: dict[str, MethodSpecification] = {
     for spec in (
         lrm_config.lrm_method,
         lrm_config.lrm_tiny_method,
+        lrm_config.lrm_demo_method,
         lrm_config.lrm_triposr_method,
         lrm_config.lrm_openlrm_method,
     )

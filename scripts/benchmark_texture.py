@@ -12,6 +12,7 @@ an image instead (its own `render_nerf_views` is the reference).
     uv run python scripts/benchmark_texture.py                        # 512/1024/2048 x full/50k/20k/5k (minutes)
     uv run python scripts/benchmark_texture.py --quick                # one small case (what the test runs)
     uv run python scripts/benchmark_texture.py --weights lrm-tiny.safetensors --image photo.png
+    uv run python scripts/benchmark_texture.py --resolutions 1024 --budgets 50000  # one case
 """
 
 from __future__ import annotations
@@ -156,10 +157,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--views", type=int, default=8, help="orbit views compared")
     parser.add_argument("--render-resolution", type=int, default=256, help="side of the compared renders")
     parser.add_argument("--samples", type=int, default=256, help="samples per ray and pass of the analytic render")
+    parser.add_argument("--resolutions", type=int, nargs="+", default=[512, 1024, 2048], help="texture sides baked")
+    parser.add_argument("--budgets", type=int, nargs="+", default=[0, 50_000, 20_000, 5_000],
+                        help="face budgets (0: the full mesh)")  # fmt: skip
     args = parser.parse_args(argv)
     if (args.weights is None) != (args.image is None):
         parser.error("--weights and --image go together")
-    resolutions, budgets = ((512, 1024, 2048), (None, 50_000, 20_000, 5_000))
+    resolutions, budgets = tuple(args.resolutions), tuple(b or None for b in args.budgets)
     if args.quick:
         args.mesh_resolution, args.views, args.render_resolution, args.samples = 48, 2, 48, 64
         resolutions, budgets = (128,), (None, 1000)

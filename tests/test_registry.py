@@ -50,3 +50,14 @@ def test_dataparser_entry_point_loads():
 
     parsers, _ = discover_dataparsers()
     assert isinstance(parsers["lrm-multiview"], LRMDataParserConfig)
+
+
+def test_weights_of_every_registered_method_load():
+    """A weights file names its method (`lrm-export-weights` of an `lrm-demo` run says lrm-demo): every method
+    registered with nerfstudio must be one `load_model(weights=...)` can rebuild."""
+    from importlib.metadata import entry_points
+
+    from lrm_nerfstudio.methods import METHODS
+
+    registered = {ep.name for ep in entry_points(group="nerfstudio.method_configs") if ep.value.startswith("lrm_")}
+    assert "lrm-demo" in registered and registered <= set(METHODS), registered - set(METHODS)

@@ -77,12 +77,38 @@ def weld_slivers(mesh: trimesh.Trimesh, fraction: float = WELD_FRACTION) -> trim
     Marching cubes leaves a few triangles a thousand times smaller than the others where the surface passes close
     to a lattice point; they have no area to bake into (xatlas gives them zero UV area). Merging their vertices
     moves the surface by at most `fraction` of an edge and keeps a closed mesh closed.
+
+    Vertices within `eps` of each other (and chains of them) become one vertex at their mean; faces left with a
+    repeated corner, or repeating another face's corners, are dropped. numpy and scipy only (open3d's
+    `merge_close_vertices` did the same, 20 % slower on a 610 k-face mesh, and needed open3d imported even when
+    no decimation follows).
     """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+
     if len(mesh.faces) == 0:
         return mesh
-    eps = fraction * float(np.median(mesh.edges_unique_length))
-    welded = _to_open3d(mesh).merge_close_vertices(eps).remove_degenerate_triangles().remove_duplicated_triangles()
-    return _from_open3d(welded)
+    vertices = np.asarray(mesh.vertices, np.float64)
+    faces = np.asarray(mesh.faces, np.int64)
+    corners = vertices[faces]
+    # every face's three edges: interior edges count twice, which leaves the median of a closed mesh unchanged
+    eps = fraction * float(np.median(np.linalg.norm(corners - np.roll(corners, 1, axis=1), axis=-1)))
+    pairs = cKDTree(vertices).query_pairs(eps, output_type="ndarray")
+    if len(pairs):
+        graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(vertices),) * 2)
+        count, label = connected_components(graph, directed=False)
+        size = np.bincount(label, minlength=count)[:, None]
+        vertices = np.stack([np.bincount(label, vertices[:, c], count) for c in range(3)], 1) / size
+        faces = label[faces]
+    keep = (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 2] != faces[:, 0])
+    faces = faces[keep]
+    _, first = np.unique(np.sort(faces, axis=1), axis=0, return_index=True)
+    faces = faces[np.sort(first)]
+    out = trimesh.Trimesh(vertices, faces, process=False)
+    out.update_faces(out.nondegenerate_faces())
+    out.remove_unreferenced_vertices()
+    return out
 
 
 def decimate(mesh: trimesh.Trimesh, target_faces: int) -> trimesh.Trimesh:
@@ -91,7 +117,7 @@ def decimate(mesh: trimesh.Trimesh, target_faces: int) -> trimesh.Trimesh:
     The winding of the kept faces is unchanged (outward for a marching-cubes mesh). Vertex colours are not kept:
     the caller colours the new vertices from the field.
     """
-    if len(mesh.faces) <= target_faces:
+    if len(mesh.faces) <= target_faces:  # open3d is imported only here: the import costs about 2 CPU s
         return mesh
     return _from_open3d(_to_open3d(mesh).simplify_quadric_decimation(int(target_faces)))
 

@@ -38,9 +38,10 @@ def unwrap_fast(vertices: np.ndarray, faces: np.ndarray, resolution: int) -> UVA
 
     A decimated Poisson mesh of a trained model (50 k faces, 5,493 components, rough normals) was still in xatlas's
     `computeCharts` after 5 minutes with the iterations and a 1/64 chart-area cap (over 2 minutes with 1/256); without
-    them it took 10 s for 23 k charts covering 0.70 of the atlas (docs/RECONSTRUCT.md).
+    them it took 10 s for 23 k charts covering 0.70 of the atlas (docs/RECONSTRUCT.md). Charts stay capped at 1/64,
+    the setting measured on that mesh (the marching-cubes default, 1/256, took as long on a 10 k-face Poisson mesh).
     """
-    return unwrap(vertices, faces, resolution, chart_iterations=0)
+    return unwrap(vertices, faces, resolution, chart_area_fraction=1.0 / 64.0, chart_iterations=0)
 
 
 def unwrap_mesh_with_xatlas(

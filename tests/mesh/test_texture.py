@@ -137,9 +137,10 @@ def test_clean_and_bake_drops_floaters_and_keeps_vertex_colours():
     assert np.linalg.norm(cleaned.vertices, axis=1).max() < 0.6
     assert len(cleaned.faces) <= 1000 and textured is not None and len(textured.mesh.faces) == len(cleaned.faces)
     assert set(timings) == {"cleanup", "unwrap", "bake"}
-    # the decimated mesh's vertex colours are the field's at its new vertices
-    expected = np.clip((0.5 + 0.5 * cleaned.vertices) * 255 + 0.5, 0, 255).astype(np.uint8)
-    np.testing.assert_array_equal(cleaned.visual.vertex_colors[:, :3], expected)
+    # the decimated mesh's vertex colours are the field's at its new vertices (queried in float32: a value on a
+    # rounding boundary may land one step off the float64 answer)
+    expected = np.clip((0.5 + 0.5 * cleaned.vertices) * 255 + 0.5, 0, 255).astype(np.int64)
+    np.testing.assert_array_less(np.abs(cleaned.visual.vertex_colors[:, :3].astype(np.int64) - expected), 2)
     # normals stay outward after decimation
     assert (np.einsum("fc,fc->f", cleaned.face_normals, cleaned.triangles_center) > 0).mean() > 0.99
     only_colours, none = clean_and_bake(mesh, color, texture_resolution=0, min_component_fraction=0.0)
