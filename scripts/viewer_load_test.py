@@ -55,6 +55,8 @@ class LoadTestConfig:
     """The whole run stops after this many seconds, answered or not."""
     port: int = 0
     """Viewer port; 0: a free one."""
+    timeline_seconds: float = 10.0
+    """Interval of the reported (seconds into the load, RSS MiB, threads) samples of the training process."""
 
 
 def free_port() -> int:
@@ -213,6 +215,14 @@ def rss_kib(pid: int) -> tuple[int, int]:
     return int(fields.get("VmRSS", 0)), int(fields.get("VmHWM", 0))
 
 
+def threads_of(pid: int) -> int:
+    """Threads of `pid` (0 once it is gone)."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return 0
+
+
 def steps_done(log: Path) -> int:
     try:
         return sum(1 for _ in log.open())
@@ -280,8 +290,12 @@ def main(config: LoadTestConfig) -> dict:
             load_start, steps_start, peak_rss = time.monotonic(), steps_done(log), 0
             for thread in threads:
                 thread.start()
+            timeline: list[tuple[float, float, int]] = []
             while any(t.is_alive() for t in threads) and time.monotonic() < deadline:
-                peak_rss = max(peak_rss, rss_kib(proc.pid)[0])
+                rss = rss_kib(proc.pid)[0]
+                peak_rss = max(peak_rss, rss)
+                if not timeline or time.monotonic() - load_start >= timeline[-1][0] + config.timeline_seconds:
+                    timeline.append((round(time.monotonic() - load_start, 1), round(rss / 1024), threads_of(proc.pid)))
                 time.sleep(0.25)
             load_seconds = time.monotonic() - load_start
             load_rate = (steps_done(log) - steps_start) / load_seconds
@@ -320,6 +334,7 @@ def main(config: LoadTestConfig) -> dict:
         "rss_mib_before_load": round(rss_before / 1024, 1),
         "peak_rss_mib_under_load": round(peak_rss / 1024, 1),
         "seconds": round(time.monotonic() - started, 1),
+        "rss_timeline": timeline,
     }
     print(json.dumps(report))
     return report
