@@ -45,6 +45,8 @@ class LoadTestConfig:
     """Websocket clients, each in its own thread."""
     uploads_per_client: int = 5
     """Uploads of each client, one after the other (each waits for its answer)."""
+    hold_seconds: float = 0.0
+    """Each client stays connected (the viewer renders for it at each training step) at least this long."""
     baseline_seconds: float = 30.0
     """Training measured without clients first, for this long."""
     answer_timeout: float = 300.0
@@ -182,6 +184,7 @@ def run_client(port: int, index: int, config: LoadTestConfig, results: list, dea
         results.extend({"client": index, "kind": "connect", "answer": None, "error": repr(err)}
                        for _ in range(config.uploads_per_client))  # fmt: skip
         return
+    held = time.monotonic() + config.hold_seconds
     try:
         button = client.upload_button()
         # viser handles each message on a thread pool, so an upload sent right after the first camera message can
@@ -201,6 +204,8 @@ def run_client(port: int, index: int, config: LoadTestConfig, results: list, dea
             except Exception as err:  # noqa: BLE001
                 entry["error"] = repr(err)
             results.append(entry)
+        while time.monotonic() < min(held, deadline) and not client.closed.is_set():
+            time.sleep(0.5)
     finally:
         client.close()
 
@@ -319,6 +324,7 @@ def main(config: LoadTestConfig) -> dict:
     answers = [r.get("answer") for r in results]
     report = {
         "clients": config.clients,
+        "hold_seconds": config.hold_seconds,
         "uploads_sent": sent,
         "uploads_answered": sum(a in ("reconstructed", "refused") for a in answers),
         "reconstructed": answers.count("reconstructed"),
