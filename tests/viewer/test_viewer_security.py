@@ -243,7 +243,7 @@ def test_dataset_ids_must_be_plain_folder_names(tmp_path, oid):
 def test_short_load_test_answers_every_upload_while_training_steps():
     proc = subprocess.run(
         [sys.executable, str(load_test.__file__), "--clients", "4", "--uploads-per-client", "2", "--baseline-seconds", "8",
-         "--deadline", "500"],
+         "--hold-seconds", "5", "--deadline", "500"],
         capture_output=True, text=True, timeout=700, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -253,3 +253,4 @@ def test_short_load_test_answers_every_upload_while_training_steps():
     assert report["answers_by_kind"]["oversized_bytes"] == ["refused"]
     assert report["training_alive_after_load"] and report["stepped_since_load_start"]
     assert 0 < report["peak_rss_mib_under_load"] < 8192
+    assert report["hold_seconds"] == 5 and report["rss_timeline"][0][1] > 0  # (seconds, MiB, threads) samples
