@@ -45,6 +45,8 @@ class LoadTestConfig:
     """Websocket clients, each in its own thread."""
     uploads_per_client: int = 5
     """Uploads of each client, one after the other (each waits for its answer)."""
+    hold_seconds: float = 0.0
+    """Each client stays connected (the viewer renders for it at each training step) at least this long."""
     baseline_seconds: float = 30.0
     """Training measured without clients first, for this long."""
     answer_timeout: float = 300.0
@@ -55,6 +57,8 @@ class LoadTestConfig:
     """The whole run stops after this many seconds, answered or not."""
     port: int = 0
     """Viewer port; 0: a free one."""
+    timeline_seconds: float = 10.0
+    """Interval of the reported (seconds into the load, RSS MiB, threads) samples of the training process."""
 
 
 def free_port() -> int:
@@ -180,6 +184,7 @@ def run_client(port: int, index: int, config: LoadTestConfig, results: list, dea
         results.extend({"client": index, "kind": "connect", "answer": None, "error": repr(err)}
                        for _ in range(config.uploads_per_client))  # fmt: skip
         return
+    held = time.monotonic() + config.hold_seconds
     try:
         button = client.upload_button()
         # viser handles each message on a thread pool, so an upload sent right after the first camera message can
@@ -199,6 +204,8 @@ def run_client(port: int, index: int, config: LoadTestConfig, results: list, dea
             except Exception as err:  # noqa: BLE001
                 entry["error"] = repr(err)
             results.append(entry)
+        while time.monotonic() < min(held, deadline) and not client.closed.is_set():
+            time.sleep(0.5)
     finally:
         client.close()
 
@@ -211,6 +218,14 @@ def rss_kib(pid: int) -> tuple[int, int]:
         return 0, 0
     fields = dict(re.findall(r"^(VmRSS|VmHWM):\s+(\d+)", text, re.MULTILINE))
     return int(fields.get("VmRSS", 0)), int(fields.get("VmHWM", 0))
+
+
+def threads_of(pid: int) -> int:
+    """Threads of `pid` (0 once it is gone)."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return 0
 
 
 def steps_done(log: Path) -> int:
@@ -280,8 +295,12 @@ def main(config: LoadTestConfig) -> dict:
             load_start, steps_start, peak_rss = time.monotonic(), steps_done(log), 0
             for thread in threads:
                 thread.start()
+            timeline: list[tuple[float, float, int]] = []
             while any(t.is_alive() for t in threads) and time.monotonic() < deadline:
-                peak_rss = max(peak_rss, rss_kib(proc.pid)[0])
+                rss = rss_kib(proc.pid)[0]
+                peak_rss = max(peak_rss, rss)
+                if not timeline or time.monotonic() - load_start >= timeline[-1][0] + config.timeline_seconds:
+                    timeline.append((round(time.monotonic() - load_start, 1), round(rss / 1024), threads_of(proc.pid)))
                 time.sleep(0.25)
             load_seconds = time.monotonic() - load_start
             load_rate = (steps_done(log) - steps_start) / load_seconds
@@ -305,6 +324,7 @@ def main(config: LoadTestConfig) -> dict:
     answers = [r.get("answer") for r in results]
     report = {
         "clients": config.clients,
+        "hold_seconds": config.hold_seconds,
         "uploads_sent": sent,
         "uploads_answered": sum(a in ("reconstructed", "refused") for a in answers),
         "reconstructed": answers.count("reconstructed"),
@@ -320,6 +340,7 @@ def main(config: LoadTestConfig) -> dict:
         "rss_mib_before_load": round(rss_before / 1024, 1),
         "peak_rss_mib_under_load": round(peak_rss / 1024, 1),
         "seconds": round(time.monotonic() - started, 1),
+        "rss_timeline": timeline,
     }
     print(json.dumps(report))
     return report

@@ -10,12 +10,14 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import viser
 from lrm_run_helpers import load_script, save_tiny_run, tool
+from viser import _messages
 
 import lrm_nerfstudio.lrm_config  # noqa: F401 - the plugin's registration installs the guards
 from lrm_nerfstudio.data.dataset_format import DatasetFormatError, read_dataset_json
@@ -195,6 +197,23 @@ def test_upload_within_the_limit_reaches_the_callback(upload_button):
     assert element.client is None  # only set while the callback runs
 
 
+def test_part_that_overtakes_its_start_still_arrives(upload_button):
+    """viser handles each message on its own pool thread, so a part can be handled before its transfer's start."""
+    server, _, client, seen = upload_button
+    button = client.upload_button()
+    (client_id,) = client.wait_for(lambda: list(server.get_clients()), 20, "the server to know the client")
+    start = _messages.FileTransferStart(source_component_id=button, transfer_uuid="u3", filename="early.png",
+                                        mime_type="image/png", size_bytes=900, part_count=1)  # fmt: skip
+    part = _messages.FileTransferPart(source_component_id=button, transfer_uuid="u3", part=0, content=b"e" * 900)
+    early = threading.Thread(target=server.gui._handle_file_transfer_part, args=(client_id, part))
+    early.start()
+    time.sleep(0.5)  # the part's thread is first
+    server.gui._handle_file_transfer_start(client_id, start)
+    early.join(timeout=30)
+    assert seen == {"uploads": [("early.png", 900)], "refusals": []}
+    assert not server.gui._current_file_upload_states
+
+
 def test_the_panel_states_the_upload_limits(procedural_dataset):
     from conftest import tiny_trainer_config
 
@@ -224,7 +243,7 @@ def test_dataset_ids_must_be_plain_folder_names(tmp_path, oid):
 def test_short_load_test_answers_every_upload_while_training_steps():
     proc = subprocess.run(
         [sys.executable, str(load_test.__file__), "--clients", "4", "--uploads-per-client", "2", "--baseline-seconds", "8",
-         "--deadline", "500"],
+         "--hold-seconds", "5", "--deadline", "500"],
         capture_output=True, text=True, timeout=700, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -234,3 +253,4 @@ def test_short_load_test_answers_every_upload_while_training_steps():
     assert report["answers_by_kind"]["oversized_bytes"] == ["refused"]
     assert report["training_alive_after_load"] and report["stepped_since_load_start"]
     assert 0 < report["peak_rss_mib_under_load"] < 8192
+    assert report["hold_seconds"] == 5 and report["rss_timeline"][0][1] > 0  # (seconds, MiB, threads) samples
