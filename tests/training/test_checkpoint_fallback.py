@@ -121,3 +121,56 @@ def test_pickled_checkpoint_is_refused_with_a_message(cut_run, tmp_path):
     text = " ".join((out.stdout + out.stderr).split())
     assert "step-000000009.ckpt" in text and "Traceback" not in text, text
     assert not marker.exists() and not (tmp_path / "w.safetensors").exists()
+
+
+def _resume_error(data: Path, tmp_path: Path, **where) -> str:
+    """The error of resuming a tiny run from `where` (load_dir= or load_checkpoint=); nerfstudio reads the checkpoint
+    before it touches the pipeline, so the trainer is not set up."""
+    from lrm_nerfstudio.io.checkpoints import ModelLoadError
+
+    config = tiny_trainer_config(data, output_dir=tmp_path / "outputs", vis="tensorboard", **where)
+    trainer = config.setup(local_rank=0, world_size=1)
+    with pytest.raises(ModelLoadError) as caught:
+        trainer._load_checkpoint()
+    return str(caught.value)
+
+
+def test_resume_from_a_bad_checkpoint_is_one_message(procedural_dataset, tmp_path):
+    marker = tmp_path / "pwned"
+    pickled = tmp_path / "pickled" / "step-000000005.ckpt"
+    pickled.parent.mkdir()
+    torch.save({"step": 5, "pipeline": {"x": _Payload(marker)}, "optimizers": {}, "scalers": {}}, pickled)
+    cut = tmp_path / "cut" / "step-000000007.ckpt"
+    cut.parent.mkdir()
+    cut.write_bytes(pickled.read_bytes()[:100])
+    (tmp_path / "empty").mkdir()
+    refused = (
+        "it holds Python objects besides tensors and plain data, which could run code: refused, nothing in it ran)"
+    )
+    cases = [
+        ({"load_dir": pickled.parent}, f"{pickled}: cannot resume from this checkpoint ({refused}"),
+        ({"load_checkpoint": pickled}, f"{pickled}: cannot resume from this checkpoint ({refused}"),
+        ({"load_dir": cut.parent}, f"{cut}: cannot resume from this checkpoint (not a complete checkpoint"),
+        ({"load_checkpoint": cut}, f"{cut}: cannot resume from this checkpoint (not a complete checkpoint"),
+        ({"load_dir": tmp_path / "empty"}, f"{tmp_path / 'empty'}: no checkpoint (step-*.ckpt)"),
+        ({"load_dir": tmp_path / "nowhere"}, f"{tmp_path / 'nowhere'}: checkpoint folder not found"),
+        ({"load_dir": pickled.parent, "load_step": 3}, f"{pickled.parent / 'step-000000003.ckpt'}: checkpoint not"),
+        ({"load_checkpoint": tmp_path / "no.ckpt"}, f"{tmp_path / 'no.ckpt'}: checkpoint file not found"),
+    ]
+    for where, message in cases:
+        assert _resume_error(procedural_dataset, tmp_path, **where).startswith(message), where
+    assert not marker.exists()  # the pickle's code never ran
+
+
+@pytest.mark.slow
+def test_ns_train_load_dir_of_a_pickled_checkpoint_prints_one_line(procedural_dataset, tmp_path):
+    marker = tmp_path / "pwned"
+    pickled = tmp_path / "models" / "step-000000005.ckpt"
+    pickled.parent.mkdir()
+    torch.save({"step": 5, "pipeline": {"x": _Payload(marker)}, "optimizers": {}, "scalers": {}}, pickled)
+    out = run_tool([tool("ns-train"), "lrm-tiny", "--data", str(procedural_dataset), "--output-dir",
+                    str(tmp_path / "outputs"), "--vis", "tensorboard", "--pipeline.datamanager.num-workers", "0",
+                    "--machine.device-type", "cpu", "--load-dir", str(pickled.parent)], expect=1)  # fmt: skip
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert out.stderr.strip().splitlines()[-1].startswith(f"error: {pickled}: cannot resume from this checkpoint (")
+    assert not marker.exists()
