@@ -174,3 +174,26 @@ def test_ns_train_load_dir_of_a_pickled_checkpoint_prints_one_line(procedural_da
     assert "Traceback" not in out.stderr, out.stderr[-3000:]
     assert out.stderr.strip().splitlines()[-1].startswith(f"error: {pickled}: cannot resume from this checkpoint (")
     assert not marker.exists()
+
+
+def test_eval_setup_names_the_file_when_no_checkpoint_loads(cut_run, tmp_path, capsys):
+    """ns-export / ns-viewer / ns-eval (eval_setup) on a run whose only checkpoint is cut short, or that has none: one
+    line naming the file or folder (before: nerfstudio's IndexError, or torch's zip error with the folder named)."""
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    config_path, _ = cut_run
+    config = read_trainer_config(config_path)
+    config.output_dir = tmp_path / "outputs"
+    run = config.get_base_dir()
+    shutil.copytree(config_path.parent, run)
+    (run / "config.yml").write_text(yaml.dump(config))
+    (run / "nerfstudio_models" / "step-000000002.ckpt").unlink()  # only the truncated step 3 is left
+    for expected in ("step-000000003.ckpt: cannot load the checkpoint (not a complete checkpoint",
+                     "nerfstudio_models: no checkpoint (step-*.ckpt) in this folder"):  # fmt: skip
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as caught:
+            eval_setup(run / "config.yml")
+        assert caught.value.code == 2
+        text = " ".join(capsys.readouterr().out.split())
+        assert f"error: {run / 'nerfstudio_models'}" in text and expected in text, text[-2000:]
+        (run / "nerfstudio_models" / "step-000000003.ckpt").unlink(missing_ok=True)
