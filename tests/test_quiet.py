@@ -169,3 +169,20 @@ def test_ns_export_on_a_malformed_config_prints_one_line(tmp_path):
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
     assert out.stderr.strip().splitlines()[-1].startswith(f"error: {path}: {message}"), out.stderr[-3000:]
     assert not list((tmp_path / "out").iterdir())  # nerfstudio makes the folder first; nothing is written in it
+
+
+def test_lrm_commands_read_a_bad_config_in_one_line(tmp_path):
+    """The lrm-* commands read --load-config themselves (read_trainer_config): their message is one line as well."""
+    import pytest
+
+    from lrm_nerfstudio.io.checkpoints import ModelLoadError, read_trainer_config
+
+    for name, (path, _) in _bad_configs(tmp_path).items():
+        with pytest.raises(ModelLoadError) as caught:
+            read_trainer_config(path)
+        message = str(caught.value)
+        assert message.startswith(f"{path}: ") and "\n" not in message, (name, message)
+    with pytest.raises(
+        ModelLoadError, match=r"ParserError: expected the node content, but found '<stream end>' \(line 2"
+    ):
+        read_trainer_config(tmp_path / "malformed.yml")

@@ -197,3 +197,23 @@ def test_eval_setup_names_the_file_when_no_checkpoint_loads(cut_run, tmp_path, c
         text = " ".join(capsys.readouterr().out.split())
         assert f"error: {run / 'nerfstudio_models'}" in text and expected in text, text[-2000:]
         (run / "nerfstudio_models" / "step-000000003.ckpt").unlink(missing_ok=True)
+
+
+def test_lrm_commands_refuse_a_pickled_checkpoint_in_one_line(tmp_path):
+    """What lrm-reconstruct / lrm-eval / lrm-export-weights (model_state_from_checkpoint) and lrm-import-weights (a
+    TripoSR model.ckpt) say about a checkpoint whose pickle would run code: one line, and the code does not run."""
+    from lrm_nerfstudio.convert.common import WeightsImportError
+    from lrm_nerfstudio.convert.triposr import read_state
+    from lrm_nerfstudio.io.checkpoints import ModelLoadError, model_state_from_checkpoint
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "model.ckpt"
+    torch.save({"step": 1, "pipeline": {"x": _Payload(marker)}}, evil)
+    refused = "it holds Python objects besides tensors and plain data, which could run code: refused, nothing in it ran"
+    with pytest.raises(ModelLoadError) as caught:
+        model_state_from_checkpoint(evil)
+    assert str(caught.value) == f"{evil}: unreadable checkpoint ({refused})"
+    with pytest.raises(WeightsImportError) as caught:
+        read_state(tmp_path)
+    assert str(caught.value) == f"{evil}: unreadable checkpoint ({refused})"
+    assert not marker.exists()
