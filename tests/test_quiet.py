@@ -186,3 +186,29 @@ def test_lrm_commands_read_a_bad_config_in_one_line(tmp_path):
         ModelLoadError, match=r"ParserError: expected the node content, but found '<stream end>' \(line 2"
     ):
         read_trainer_config(tmp_path / "malformed.yml")
+
+
+def test_dataset_tools_name_a_missing_or_wrong_folder_with_a_project_error(tmp_path, capsys):
+    """lrm-pack-shards, lrm-render-meshes and lrm-generate on a missing input or an output that is a file: an error the
+    message hook prints as one line (before: FileNotFoundError, or a plain ValueError, with a traceback)."""
+    import pytest
+
+    from lrm_nerfstudio.data.shards import PackShardsConfig
+    from lrm_nerfstudio.data.shards import main as pack
+    from lrm_nerfstudio.generate.dataset_writer import check_output_dir
+    from lrm_nerfstudio.generate.render_meshes import RenderMeshesConfig
+    from lrm_nerfstudio.generate.render_meshes import main as render
+
+    assert pack(PackShardsConfig(dataset=tmp_path / "nowhere", output=tmp_path / "shards")) == 2
+    assert capsys.readouterr().err.strip() == f"lrm-pack-shards: {tmp_path / 'nowhere'}: dataset folder not found"
+    for call, message in [
+        (lambda: render(RenderMeshesConfig(input=tmp_path / "nowhere", output=tmp_path / "out")), "input is not a"),
+        (lambda: render(RenderMeshesConfig(input=tmp_path, output=tmp_path / "out")), "no mesh files"),
+    ]:
+        with pytest.raises(ValueError, match=message) as caught:
+            call()
+        assert type(caught.value).__module__.startswith("lrm_nerfstudio.")  # what the hook prints as one line
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="output exists and is not a directory") as caught:
+        check_output_dir(tmp_path / "file")
+    assert type(caught.value).__module__.startswith("lrm_nerfstudio.")
