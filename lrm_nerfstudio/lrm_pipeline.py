@@ -165,7 +165,6 @@ class LRMPipeline(VanillaPipeline):
                 highlight=False,
             )
         dm.set_export_opacity(alpha)  # export rays from then on aim at the opaque cells
-        per_batch = fraction * dm.train_pixel_sampler.num_rays_per_batch
         if fraction < minimum:
             raise EmptyReconstructionError(
                 f"The reconstruction of {name!r} is empty or nearly empty: {fraction:.2%} of {len(alpha)} rays from "
@@ -174,9 +173,11 @@ class LRMPipeline(VanillaPipeline):
                 "model longer, or export another object: set pipeline.datamanager.display_object in the config.yml "
                 "to another object id or an image path."
             )
+        # no points-per-batch figure: the export rays that follow come only from the opaque cells, so most of them
+        # (about 4 in 5 on a trained model) become points, far more than this fraction of the whole orbit would say
         CONSOLE.print(
-            f"{name}: {fraction:.1%} of its rays are opaque, about {per_batch:.0f} points per batch of "
-            f"{dm.train_pixel_sampler.num_rays_per_batch} rays",
+            f"{name}: {fraction:.1%} of {len(alpha)} probe rays of its export orbit are opaque; the export draws its "
+            "rays from those cells only",
             highlight=False,
         )
         return fraction

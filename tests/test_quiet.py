@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import warnings
+from copy import deepcopy
 from pathlib import Path
 
 from lrm_nerfstudio.quiet import silence_known_warnings
@@ -102,3 +103,112 @@ def test_project_errors_print_as_one_line_without_traceback(tmp_path):
         [sys.executable, "-c", script, "bug"], check=False, capture_output=True, text=True, timeout=300
     )
     assert other.returncode == 1 and "Traceback" in other.stderr and "a plain bug" in other.stderr
+
+
+def _bad_configs(folder: Path) -> dict[str, tuple[Path, str]]:
+    """Unreadable --load-config files, each with the message it must give."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cases = {
+        "malformed": (b"a: [\n", "not a readable nerfstudio config (ParserError: expected the node content"),
+        "list": (b"- 1\n- 2\n", "not a nerfstudio config (it holds a list, not a TrainerConfig)"),
+        "missing-class": (
+            b"!!python/object:lrm_nerfstudio.training.trainer.NoSuchConfig\nmethod_name: lrm-tiny\n",
+            (
+                "not a readable nerfstudio config (ConstructorError: cannot find 'NoSuchConfig' in the module "
+                "'lrm_nerfstudio.training.trainer' (line 1, column 1))"
+            ),
+        ),
+        "binary": (b"\xff\xfe\x00", "not a readable nerfstudio config (UnicodeDecodeError"),
+    }
+    out = {}
+    for name, (data, message) in cases.items():
+        (folder / f"{name}.yml").write_bytes(data)
+        out[name] = (folder / f"{name}.yml", message)
+    out["missing"] = (folder / "missing.yml", "config file not found")
+    return out
+
+
+def _message_of(call) -> str | None:
+    from lrm_nerfstudio.quiet import config_read_message
+
+    try:
+        call()
+    except Exception as err:  # noqa: BLE001 (whatever nerfstudio raises is what the hook sees)
+        return config_read_message(err, err.__traceback__)
+    raise AssertionError("no error")
+
+
+def test_unreadable_load_config_is_named_with_its_problem(tmp_path, monkeypatch):
+    """nerfstudio reads --load-config itself (eval_setup for ns-export / ns-viewer / ns-eval, ns-train's main), before
+    the plugin sees it: the message hook recognises those reads, and only those."""
+    from nerfstudio.scripts import train
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    from lrm_nerfstudio.lrm_config import lrm_tiny_method
+
+    for name, (path, message) in _bad_configs(tmp_path).items():
+        assert _message_of(lambda p=path: eval_setup(p)).startswith(f"{path}: {message}"), name
+        config = deepcopy(lrm_tiny_method.config)
+        config.load_config = path
+        # ns-train's main has replaced its config by what the file built when a non-config fails: the command line
+        # names the file then
+        monkeypatch.setattr(sys, "argv", ["ns-train", "lrm-tiny", "--load-config", str(path)])
+        assert _message_of(lambda c=config: train.main(c)).startswith(f"{path}: {message}"), name
+
+    def elsewhere():
+        raise KeyError("yaml.load(")  # not raised while nerfstudio reads a config
+
+    assert _message_of(elsewhere) is None
+
+
+def test_ns_export_on_a_malformed_config_prints_one_line(tmp_path):
+    path, message = _bad_configs(tmp_path)["malformed"]
+    out = subprocess.run([str(Path(sys.executable).parent / "ns-export"), "poisson", "--load-config", str(path),
+                          "--output-dir", str(tmp_path / "out")], capture_output=True, text=True, timeout=300,
+                         check=False)  # fmt: skip
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert out.stderr.strip().splitlines()[-1].startswith(f"error: {path}: {message}"), out.stderr[-3000:]
+    assert not list((tmp_path / "out").iterdir())  # nerfstudio makes the folder first; nothing is written in it
+
+
+def test_lrm_commands_read_a_bad_config_in_one_line(tmp_path):
+    """The lrm-* commands read --load-config themselves (read_trainer_config): their message is one line as well."""
+    import pytest
+
+    from lrm_nerfstudio.io.checkpoints import ModelLoadError, read_trainer_config
+
+    for name, (path, _) in _bad_configs(tmp_path).items():
+        with pytest.raises(ModelLoadError) as caught:
+            read_trainer_config(path)
+        message = str(caught.value)
+        assert message.startswith(f"{path}: ") and "\n" not in message, (name, message)
+    with pytest.raises(
+        ModelLoadError, match=r"ParserError: expected the node content, but found '<stream end>' \(line 2"
+    ):
+        read_trainer_config(tmp_path / "malformed.yml")
+
+
+def test_dataset_tools_name_a_missing_or_wrong_folder_with_a_project_error(tmp_path, capsys):
+    """lrm-pack-shards, lrm-render-meshes and lrm-generate on a missing input or an output that is a file: an error the
+    message hook prints as one line (before: FileNotFoundError, or a plain ValueError, with a traceback)."""
+    import pytest
+
+    from lrm_nerfstudio.data.shards import PackShardsConfig
+    from lrm_nerfstudio.data.shards import main as pack
+    from lrm_nerfstudio.generate.dataset_writer import check_output_dir
+    from lrm_nerfstudio.generate.render_meshes import RenderMeshesConfig
+    from lrm_nerfstudio.generate.render_meshes import main as render
+
+    assert pack(PackShardsConfig(dataset=tmp_path / "nowhere", output=tmp_path / "shards")) == 2
+    assert capsys.readouterr().err.strip() == f"lrm-pack-shards: {tmp_path / 'nowhere'}: dataset folder not found"
+    for call, message in [
+        (lambda: render(RenderMeshesConfig(input=tmp_path / "nowhere", output=tmp_path / "out")), "input is not a"),
+        (lambda: render(RenderMeshesConfig(input=tmp_path, output=tmp_path / "out")), "no mesh files"),
+    ]:
+        with pytest.raises(ValueError, match=message) as caught:
+            call()
+        assert type(caught.value).__module__.startswith("lrm_nerfstudio.")  # what the hook prints as one line
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="output exists and is not a directory") as caught:
+        check_output_dir(tmp_path / "file")
+    assert type(caught.value).__module__.startswith("lrm_nerfstudio.")

@@ -26,6 +26,7 @@ import yaml
 from torch import Tensor
 
 from lrm_nerfstudio.convert.common import StateMapper, WeightsImportError, need, require_file
+from lrm_nerfstudio.io.checkpoint_files import load_failure
 from lrm_nerfstudio.model.encoder import ImageEncoderConfig
 from lrm_nerfstudio.model.lrm_model import LRMModelConfig
 from lrm_nerfstudio.model.processor import ProcessorConfig
@@ -233,7 +234,7 @@ def read_state(folder: Path) -> dict[str, Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a bad file (pickle, zip, runtime)
-        raise WeightsImportError(f"{path}: unreadable checkpoint ({type(err).__name__}: {err})") from err
+        raise WeightsImportError(f"{path}: unreadable checkpoint ({load_failure(path, err)})") from err
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):

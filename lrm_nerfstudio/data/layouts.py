@@ -91,6 +91,8 @@ def copy_layout_options(source: LayoutOptions, target: LayoutOptions) -> None:
 # ------------------------------------------------------------------------------------------------------- detection
 def detect_layout(root: Path, options: LayoutOptions) -> str:
     """The layout of `root`: options.layout when named, else recognised from the first object folders."""
+    if not root.is_dir():
+        raise DatasetFormatError(f"{root}: dataset folder not found")
     if options.layout != "auto":
         return options.layout
     if (root / "dataset.json").is_file():

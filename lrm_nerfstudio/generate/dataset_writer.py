@@ -43,16 +43,20 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
+class OutputDirError(ValueError):
+    """An --output that cannot be a dataset folder; the message names it (printed as one line, no traceback)."""
+
+
 def check_output_dir(root: Path) -> None:
-    """Create the output folder, or raise ValueError if it cannot be one."""
+    """Create the output folder, or raise OutputDirError if it cannot be one."""
     if root.exists() and not root.is_dir():
-        raise ValueError(f"{root}: output exists and is not a directory; choose another --output")
+        raise OutputDirError(f"{root}: output exists and is not a directory; choose another --output")
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise ValueError(f"{root}: cannot create the output directory ({err})") from err
+        raise OutputDirError(f"{root}: cannot create the output directory ({err})") from err
     if not os.access(root, os.W_OK):
-        raise ValueError(f"{root}: output directory is not writable")
+        raise OutputDirError(f"{root}: output directory is not writable")
 
 
 def clean_stale_temporaries(root: Path) -> None:

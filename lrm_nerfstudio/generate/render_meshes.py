@@ -264,7 +264,7 @@ def main(config: RenderMeshesConfig) -> dict[str, Any]:
     """Render every mesh under config.input; return a summary (rendered, skipped, bad meshes with reasons)."""
     src = Path(config.input)
     if not src.is_dir():
-        raise ValueError(f"{src}: input is not a directory of meshes")
+        raise BadMeshError(f"{src}: input is not a directory of meshes")
     for name in ("num_views", "workers"):
         if getattr(config, name) < 1:
             raise ValueError(f"RenderMeshesConfig.{name} must be >= 1, got {getattr(config, name)}")
@@ -272,7 +272,7 @@ def main(config: RenderMeshesConfig) -> dict[str, Any]:
         raise ValueError(f"RenderMeshesConfig.resolution must be >= 4, got {config.resolution}")
     paths = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in MESH_SUFFIXES)
     if not paths:
-        raise ValueError(f"{src}: no mesh files ({', '.join(MESH_SUFFIXES)}) found")
+        raise BadMeshError(f"{src}: no mesh files ({', '.join(MESH_SUFFIXES)}) found")
     root = Path(config.output)
     check_output_dir(root)
     shard = parse_shard(config.shard)

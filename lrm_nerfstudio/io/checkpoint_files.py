@@ -12,6 +12,7 @@ written by plain nerfstudio, then loads from the previous checkpoint.
 
 from __future__ import annotations
 
+import pickle
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -65,13 +66,33 @@ def newest_complete_checkpoint(folder: Path, warn: Callable[[str], None] | None 
     """The newest `step-*.ckpt` of `folder` that is completely written, skipping (with a warning) newer ones that are
     not; None when there is none at all."""
     ckpts = [p for p in Path(folder).glob(CHECKPOINT_GLOB) if checkpoint_step(p) is not None] if folder else []
+    skipped: list[tuple[Path, str]] = []
+    found = None
     for ckpt in sorted(ckpts, key=lambda p: checkpoint_step(p) or 0, reverse=True):
         problem = checkpoint_problem(ckpt)
         if problem is None:
-            return ckpt
-        message = f"skipping checkpoint {ckpt}: {problem}; falling back to the previous one"
+            found = ckpt
+            break
+        skipped.append((ckpt, problem))
+    for ckpt, problem in skipped:
+        then = f"falling back to the previous one, {found.name}" if found is not None else "no complete one is left"
+        message = f"skipping checkpoint {ckpt}: {problem}; {then}"
         if warn is not None:
             warn(message)
         else:
             warnings.warn(message, UserWarning, stacklevel=2)
-    return None
+    return found
+
+
+def load_failure(path: Path, err: BaseException) -> str:
+    """Why `torch.load` (or loading its state) failed on checkpoint `path`, in one line for the user."""
+    if isinstance(err, pickle.UnpicklingError):
+        # torch.load's weights_only refusal: the file names Python callables, which unpickling would have run
+        return (
+            "it holds Python objects besides tensors and plain data, which could run code: refused, nothing in it ran"
+        )
+    problem = checkpoint_problem(path) if Path(path).is_file() else None
+    if problem is not None:
+        return problem
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{type(err).__name__}: {first[:300]}" if first else type(err).__name__

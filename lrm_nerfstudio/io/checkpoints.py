@@ -15,7 +15,7 @@ from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 
-from lrm_nerfstudio.io.checkpoint_files import newest_complete_checkpoint
+from lrm_nerfstudio.io.checkpoint_files import load_failure, newest_complete_checkpoint
 
 MODEL_PREFIX = "_model."
 """Prefix of the model's keys in a nerfstudio pipeline checkpoint."""
@@ -38,7 +38,11 @@ def read_trainer_config(path: Path) -> TrainerConfig:
     try:
         config = yaml.load(path.read_text(encoding="utf8"), Loader=yaml.Loader)
     except (yaml.YAMLError, UnicodeDecodeError, AttributeError, TypeError, ValueError, ImportError) as err:
-        raise ModelLoadError(f"{path}: not a readable nerfstudio config ({type(err).__name__}: {err})") from err
+        if isinstance(err, yaml.MarkedYAMLError) and err.problem_mark is not None:  # one line: problem and place
+            problem = f"{err.problem or err.context} (line {err.problem_mark.line + 1})"
+        else:
+            problem = " ".join(str(err).split())
+        raise ModelLoadError(f"{path}: not a readable nerfstudio config ({type(err).__name__}: {problem})") from err
     return check_lrm_config(config, str(path))
 
 
@@ -91,7 +95,7 @@ def model_state_from_checkpoint(ckpt: Path) -> tuple[dict[str, Tensor], int]:
     try:
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a bad file (pickle, zip, runtime)
-        raise ModelLoadError(f"{ckpt}: unreadable checkpoint ({type(err).__name__}: {err})") from err
+        raise ModelLoadError(f"{ckpt}: unreadable checkpoint ({load_failure(ckpt, err)})") from err
     if not isinstance(state, dict) or "pipeline" not in state:
         raise ModelLoadError(f"{ckpt}: not a nerfstudio checkpoint (no 'pipeline' state)")
     model_state = {}

@@ -29,7 +29,12 @@ from nerfstudio.utils import comms
 from nerfstudio.utils.decorators import check_main_thread
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from lrm_nerfstudio.io.checkpoint_files import checkpoint_step, newest_complete_checkpoint
+from lrm_nerfstudio.io.checkpoint_files import (
+    CHECKPOINT_GLOB,
+    checkpoint_step,
+    load_failure,
+    newest_complete_checkpoint,
+)
 from lrm_nerfstudio.io.checkpoints import ModelLoadError
 from lrm_nerfstudio.io.state_keys import load_stable_state
 
@@ -66,21 +71,52 @@ def choose_complete_checkpoint(config: TrainerConfig) -> None:
         config.load_step = checkpoint_step(ckpt)
 
 
+def checkpoint_to_load(config: TrainerConfig) -> Path | None:
+    """The file that nerfstudio's `Trainer._load_checkpoint` (`--load-dir` / `--load-step`, or `--load-checkpoint`)
+    or `eval_load_checkpoint` will read, its step pinned in the config so that nerfstudio reads that one: the newest
+    complete checkpoint of the folder, or its newest file when none is complete (its load then fails with a
+    message). None when there is nothing to load.
+
+    Raises:
+        ModelLoadError: the folder or file does not exist, or the folder holds no checkpoint.
+    """
+    if config.load_dir is not None:
+        folder = Path(config.load_dir)
+        if not folder.is_dir():
+            raise ModelLoadError(f"{folder}: checkpoint folder not found")
+        choose_complete_checkpoint(config)  # resume from the newest complete checkpoint, not a truncated one
+        if config.load_step is None:
+            steps = [step for p in folder.glob(CHECKPOINT_GLOB) if (step := checkpoint_step(p)) is not None]
+            if not steps:
+                raise ModelLoadError(f"{folder}: no checkpoint (step-*.ckpt) in this folder")
+            config.load_step = max(steps)
+        path = folder / f"step-{config.load_step:09d}.ckpt"
+        if not path.is_file():
+            raise ModelLoadError(f"{path}: checkpoint not found (load step {config.load_step})")
+        return path
+    if config.load_checkpoint is not None:
+        path = Path(config.load_checkpoint)
+        if not path.is_file():
+            raise ModelLoadError(f"{path}: checkpoint file not found (--load-checkpoint)")
+        return path
+    return None
+
+
 def _eval_load_checkpoint_with_fallback(config, pipeline):
     """nerfstudio's `eval_load_checkpoint`, for LRM configs: the newest complete checkpoint, and a message (exit 2)
     naming the file when it does not load."""
     original = _eval_load_checkpoint_with_fallback.original  # type: ignore[attr-defined]
     if not isinstance(config, LRMTrainerConfig):
         return original(config, pipeline)
-    choose_complete_checkpoint(config)
+    where = config.load_dir
     try:
+        where = checkpoint_to_load(config)
         return original(config, pipeline)
+    except ModelLoadError as err:
+        CONSOLE.print(f"[bold red]error:[/bold red] {err}", soft_wrap=True, highlight=False)
+        sys.exit(2)
     except Exception as err:  # noqa: BLE001 (torch.load and load_state_dict raise many types for a bad file)
-        where = (
-            config.load_dir if config.load_step is None else Path(config.load_dir) / f"step-{config.load_step:09d}.ckpt"
-        )
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        CONSOLE.print(f"[bold red]error:[/bold red] {where}: cannot load the checkpoint ({type(err).__name__}: {first})",
+        CONSOLE.print(f"[bold red]error:[/bold red] {where}: cannot load the checkpoint ({load_failure(where, err)})",
                       soft_wrap=True, highlight=False)  # fmt: skip
         sys.exit(2)
 
@@ -121,8 +157,13 @@ class LRMTrainer(Trainer):
         super().__init__(config, local_rank=local_rank, world_size=world_size)
 
     def _load_checkpoint(self) -> None:
-        choose_complete_checkpoint(self.config)  # resume from the newest complete checkpoint, not a truncated one
-        super()._load_checkpoint()
+        path = checkpoint_to_load(self.config)
+        try:
+            super()._load_checkpoint()
+        except Exception as err:  # torch.load and load_state_dict raise many types for a bad file
+            if path is None:
+                raise
+            raise ModelLoadError(f"{path}: cannot resume from this checkpoint ({load_failure(path, err)})") from err
         init_from = getattr(self.pipeline.model.config, "init_from", None)
         if self.config.load_dir is not None or self.config.load_checkpoint is not None:
             return

@@ -92,11 +92,18 @@ def test_opacity_check_refuses_an_empty_reconstruction(procedural_dataset, tmp_p
     assert len(bundle) == pipeline.datamanager.config.train_num_rays_per_batch
 
 
-def test_opacity_check_passes_an_opaque_reconstruction(tiny_run):
+def test_opacity_check_passes_an_opaque_reconstruction(tiny_run, capsys):
     _, pipeline, _, _ = eval_setup(tiny_run, test_mode="test")
+    capsys.readouterr()
     fraction = pipeline.check_display_opacity()  # the random test model's fog is opaque (see the pointcloud test)
     assert fraction > pipeline.datamanager.config.min_opaque_fraction
-    assert len(pipeline.datamanager.display_probe_rays()) <= 2 * pipeline.datamanager.config.opacity_probe_rays
+    probes = len(pipeline.datamanager.display_probe_rays())
+    assert probes <= 2 * pipeline.datamanager.config.opacity_probe_rays
+    # the message states what was measured (the probe), not a points-per-batch guess that the opaque-cell sampling
+    # which follows makes untrue
+    said = " ".join(capsys.readouterr().out.split())
+    assert f"{fraction:.1%} of {probes} probe rays of its export orbit are opaque" in said, said
+    assert "per batch" not in said
 
 
 @pytest.mark.slow
