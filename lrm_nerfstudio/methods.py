@@ -11,6 +11,7 @@ from __future__ import annotations
 from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from nerfstudio.engine.trainer import TrainerConfig
@@ -104,6 +105,37 @@ def load_model(
     state, step = model_state_from_checkpoint(ckpt)
     model = build_model(config.pipeline.model, state, device, str(ckpt))  # type: ignore[attr-defined]
     return LoadedModel(config, model, step, ckpt, Path(load_config))
+
+
+class DisplayObjectError(ValueError):
+    """An export's --display-object is neither an object id of the run's dataset nor a usable image."""
+
+
+def open_display_run(load_config: Path, display_object: str | None = None) -> tuple[Any, str, int]:
+    """Open an ns-train run as `ns-export` does (`eval_setup`, test mode) on the reconstruction to export.
+
+    Args:
+        load_config: the run's config.yml.
+        display_object: object id (any split) or image path; None keeps the config's `datamanager.display_object`.
+
+    Returns:
+        (pipeline, the display object's name, the checkpoint's step).
+
+    Raises:
+        ModelLoadError: an unreadable or foreign config, or no complete checkpoint.
+        DisplayObjectError: an unknown object id or an unusable image.
+    """
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    trainer_config = read_trainer_config(load_config)
+    find_checkpoint(trainer_config, load_config)
+    _, pipeline, _, step = eval_setup(load_config, test_mode="test")
+    if display_object:
+        try:
+            return pipeline, pipeline.show_object(display_object), step
+        except ValueError as err:  # DatasetFormatError / ImageInputError
+            raise DisplayObjectError(f"--display-object {display_object}: {err}") from err
+    return pipeline, pipeline.datamanager.display_source[2], step
 
 
 def write_checkpoint(loaded: LoadedModel, folder: Path) -> Path:

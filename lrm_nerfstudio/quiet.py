@@ -127,6 +127,14 @@ def _message_hook(previous):
     return hook
 
 
+def print_error(message: str) -> None:
+    """A command's one-line `error:` message (the message escaped: file names may hold rich's brackets)."""
+    from nerfstudio.utils.rich_utils import CONSOLE
+    from rich.markup import escape
+
+    CONSOLE.print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True, highlight=False)
+
+
 def show_errors_as_messages() -> None:
     """Print an uncaught project error (a ValueError from `lrm_nerfstudio`) as one `error:` line, exit status 1.
 

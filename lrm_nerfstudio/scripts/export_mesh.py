@@ -18,14 +18,15 @@ from typing import Literal
 
 import tyro
 from nerfstudio.scripts.exporter import Exporter
-from nerfstudio.utils.eval_utils import eval_setup
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from lrm_nerfstudio.inference import extract_colored_mesh, finish_mesh
-from lrm_nerfstudio.io.checkpoints import ModelLoadError, find_checkpoint, read_trainer_config
+from lrm_nerfstudio.io.checkpoints import ModelLoadError
 from lrm_nerfstudio.mesh.cleanup import DEFAULT_MIN_COMPONENT_FRACTION
 from lrm_nerfstudio.mesh.marching_cubes import NoSurfaceError, save_mesh
 from lrm_nerfstudio.mesh.texture import DEFAULT_TEXTURE_RESOLUTION
+from lrm_nerfstudio.methods import DisplayObjectError, open_display_run
+from lrm_nerfstudio.quiet import print_error
 from lrm_nerfstudio.reconstruction import OutputOptions, check_output_options
 
 
@@ -58,10 +59,6 @@ class ExportMeshConfig(Exporter):
         )  # fmt: skip
 
 
-def _error(message: str) -> None:
-    CONSOLE.print(f"[bold red]error:[/bold red] {message}", soft_wrap=True, highlight=False)
-
-
 def main(config: ExportMeshConfig) -> int:
     """Export; returns the exit code: 0 written, 1 empty reconstruction, 2 bad config, checkpoint or option."""
     options = config.output_options()
@@ -69,21 +66,13 @@ def main(config: ExportMeshConfig) -> int:
     if problem is None and (not config.output_stem or "/" in config.output_stem):
         problem = f"--output-stem must be a plain file name, got {config.output_stem!r}"
     if problem is not None:
-        _error(problem)
+        print_error(problem)
         return 2
     try:
-        trainer_config = read_trainer_config(config.load_config)
-        find_checkpoint(trainer_config, config.load_config)
-    except ModelLoadError as err:
-        _error(str(err))
+        pipeline, name, step = open_display_run(config.load_config, config.display_object)
+    except (ModelLoadError, DisplayObjectError) as err:
+        print_error(str(err))
         return 2
-    _, pipeline, _, step = eval_setup(config.load_config, test_mode="test")
-    try:
-        name = pipeline.show_object(config.display_object) if config.display_object else None
-    except ValueError as err:  # DatasetFormatError / ImageInputError: an unknown id or an unusable image
-        _error(f"--display-object {config.display_object}: {err}")
-        return 2
-    name = name or pipeline.datamanager.display_source[2]
     model = pipeline.model
     triplanes = model.display_triplanes()
     timings: dict[str, float] = {}
@@ -92,7 +81,7 @@ def main(config: ExportMeshConfig) -> int:
         mesh, textured = finish_mesh(model, triplanes, mesh, options, timings)
         paths = save_mesh(mesh, config.output_dir, config.output_stem, config.formats, textured=textured)
     except NoSurfaceError as err:
-        _error(f"{name}: {err} (nothing written)")
+        print_error(f"{name}: {err} (nothing written)")
         return 1
     stages = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in timings.items())
     CONSOLE.print(

@@ -19,10 +19,11 @@ from typing import Annotated
 
 import tyro
 from nerfstudio.scripts.exporter import Exporter
-from nerfstudio.utils.eval_utils import eval_setup
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from lrm_nerfstudio.io.checkpoints import ModelLoadError, find_checkpoint, read_trainer_config
+from lrm_nerfstudio.io.checkpoints import ModelLoadError
+from lrm_nerfstudio.methods import DisplayObjectError, open_display_run
+from lrm_nerfstudio.quiet import print_error
 from lrm_nerfstudio.splat.convert import SplatConversionConfig, gaussians_from_triplane
 from lrm_nerfstudio.splat.gaussians import EmptyReconstructionError
 from lrm_nerfstudio.splat.ply import write_gaussians_ply
@@ -42,34 +43,22 @@ class ExportSplatConfig(Exporter):
     """How the field becomes Gaussians."""
 
 
-def _error(message: str) -> None:
-    CONSOLE.print(f"[bold red]error:[/bold red] {message}", soft_wrap=True, highlight=False)
-
-
 def main(config: ExportSplatConfig) -> int:
     """Export; returns the exit code: 0 written, 1 empty reconstruction, 2 bad config, checkpoint or option."""
-    try:
-        trainer_config = read_trainer_config(config.load_config)
-        find_checkpoint(trainer_config, config.load_config)
-    except ModelLoadError as err:
-        _error(str(err))
-        return 2
     if config.conversion.num_gaussians <= 0:
-        _error(f"--num-gaussians must be > 0, got {config.conversion.num_gaussians}")
+        print_error(f"--num-gaussians must be > 0, got {config.conversion.num_gaussians}")
         return 2
-    _, pipeline, _, step = eval_setup(config.load_config, test_mode="test")
     try:
-        name = pipeline.show_object(config.display_object) if config.display_object else None
-    except ValueError as err:  # DatasetFormatError / ImageInputError: an unknown id or an unusable image
-        _error(f"--display-object {config.display_object}: {err}")
+        pipeline, name, step = open_display_run(config.load_config, config.display_object)
+    except (ModelLoadError, DisplayObjectError) as err:
+        print_error(str(err))
         return 2
-    name = name or pipeline.datamanager.display_source[2]
     model = pipeline.model
     try:
         gaussians = gaussians_from_triplane(model.field, model.display_triplanes(), config.conversion)
         path = write_gaussians_ply(config.output_dir / config.output_filename, gaussians)
     except EmptyReconstructionError as err:
-        _error(f"{name}: {err} (nothing written)")
+        print_error(f"{name}: {err} (nothing written)")
         return 1
     CONSOLE.print(f"Wrote {path}: {len(gaussians)} Gaussians of {name} (step {step})", soft_wrap=True, highlight=False)
     return 0

@@ -32,6 +32,7 @@ from lrm_nerfstudio.io.checkpoints import (
 from lrm_nerfstudio.io.weights import UPGRADE_FLAG, WEIGHTS_FORMAT, WeightsSource, read_safetensors
 from lrm_nerfstudio.lrm_pipeline import adopt_legacy_processor
 from lrm_nerfstudio.pretrained import Pretrained, save_pretrained
+from lrm_nerfstudio.quiet import print_error
 
 IMPORTED_METHODS = {"lrm-triposr": "triposr", "lrm-openlrm": "openlrm"}
 """Methods whose step-0 v1 files were imports of a release (v1 did not record the source)."""
@@ -98,15 +99,13 @@ def from_v1(path: Path) -> Pretrained:
 def main(config: ExportWeightsConfig) -> int:
     """Export or upgrade; returns the process exit code (2 for a bad config, checkpoint or file)."""
     if (config.load_config is None) == (config.upgrade is None):
-        CONSOLE.print("[bold red]error:[/bold red] give exactly one of --load-config CONFIG.yml and --upgrade FILE")
+        print_error("give exactly one of --load-config CONFIG.yml and --upgrade FILE")
         return 2
     if config.upgrade is not None and not config.trust_embedded_yaml:
-        CONSOLE.print(
-            f"[bold red]error:[/bold red] {config.upgrade}: upgrading a version-1 weights file evaluates its "
-            "embedded YAML with PyYAML's full loader, which can run code. Only if you trust the file as you would "
-            f"trust a config.yml, run again with {UPGRADE_FLAG}.",
-            soft_wrap=True,
-            highlight=False,
+        print_error(
+            f"{config.upgrade}: upgrading a version-1 weights file evaluates its embedded YAML with PyYAML's full "
+            f"loader, which can run code. Only if you trust the file as you would trust a config.yml, run again with "
+            f"{UPGRADE_FLAG}."
         )
         return 2
     try:
@@ -115,7 +114,7 @@ def main(config: ExportWeightsConfig) -> int:
         else:
             pretrained, origin = from_run(config.load_config)  # type: ignore[arg-type]
     except ModelLoadError as err:
-        CONSOLE.print(f"[bold red]error:[/bold red] {err}", soft_wrap=True, highlight=False)
+        print_error(str(err))
         return 2
     path = save_pretrained(config.output, pretrained)
     n_params = sum(t.numel() for t in pretrained.state.values())

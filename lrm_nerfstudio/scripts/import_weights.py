@@ -25,6 +25,7 @@ from lrm_nerfstudio.convert.load import import_folder
 from lrm_nerfstudio.io.checkpoints import ModelLoadError
 from lrm_nerfstudio.io.weights import WeightsSource, sha256_of
 from lrm_nerfstudio.pretrained import Pretrained, save_pretrained
+from lrm_nerfstudio.quiet import print_error
 
 LICENCES = {
     "triposr": "TripoSR weights: MIT (stabilityai/TripoSR).",
@@ -50,7 +51,7 @@ def main(config: ImportWeightsConfig) -> int:
     try:
         imported, state = import_folder(config.folder, config.family)
     except ModelLoadError as err:
-        CONSOLE.print(f"[bold red]error:[/bold red] {err}", soft_wrap=True, highlight=False)
+        print_error(str(err))
         return 2
     source = WeightsSource(imported.family, 0, sha256_of(imported.weights_file))
     path = save_pretrained(config.output, Pretrained(imported.model, imported.method, source, state))

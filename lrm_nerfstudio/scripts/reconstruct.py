@@ -38,6 +38,7 @@ from lrm_nerfstudio.io.checkpoints import ModelLoadError
 from lrm_nerfstudio.mesh.marching_cubes import NoSurfaceError
 from lrm_nerfstudio.methods import load_model, write_checkpoint
 from lrm_nerfstudio.progress import stage_progress
+from lrm_nerfstudio.quiet import print_error
 from lrm_nerfstudio.reconstruction import (  # noqa: F401 (re-exported: the library API used to live here)
     STAGES,
     LoadedModel,
@@ -86,21 +87,17 @@ class ReconstructConfig:
     """Mesh and turntable settings."""
 
 
-def _error(message: str) -> None:
-    CONSOLE.print(f"[bold red]error:[/bold red] {message}", soft_wrap=True, highlight=False)
-
-
 def main(config: ReconstructConfig) -> int:
     """Run `lrm-reconstruct`; returns the exit code: 0 all done, 1 some image failed, 2 bad model/config/options."""
     problem = check_output_options(config.output)
     if problem is not None:
-        _error(problem)
+        print_error(problem)
         return 2
     start = time.perf_counter()
     try:
         loaded = load_model(config.load_config, config.weights, config.device)
     except ModelLoadError as err:
-        _error(str(err))
+        print_error(str(err))
         return 2
     load_s = time.perf_counter() - start
     out_root = config.output_dir
@@ -141,7 +138,7 @@ def main(config: ReconstructConfig) -> int:
     (out_root / "timings.json").write_text(json.dumps(report, indent=2), encoding="utf8")
     CONSOLE.print(timings_table(rows, load_s))
     if failed:
-        _error(f"{len(failed)} of {len(config.images)} images failed: " + ", ".join(failed))
+        print_error(f"{len(failed)} of {len(config.images)} images failed: " + ", ".join(failed))
         return 1
     return 0
 
@@ -155,15 +152,15 @@ def _reconstruct_one(config, loaded, path, out_root, checkpoint, taken, rows, fa
         )
     except (ImageInputError, DatasetFormatError) as err:
         failed[str(path)] = str(err)
-        _error(str(err))
+        print_error(str(err))
         return
     except NoSurfaceError as err:
         failed[str(path)] = f"{path}: {err}"
-        _error(f"{path}: {err} (try another --iso-level)")
+        print_error(f"{path}: {err} (try another --iso-level)")
         return
     except Exception as err:  # noqa: BLE001 (one image's failure, whatever it is, must not stop the batch)
         failed[str(path)] = f"{path}: {type(err).__name__}: {err}"
-        _error(f"{path}: reconstruction failed ({type(err).__name__}: {err}); going on with the other images")
+        print_error(f"{path}: reconstruction failed ({type(err).__name__}: {err}); going on with the other images")
         return
     rows[out_dir.name] = rec.timings
     results[out_dir.name] = {
@@ -176,7 +173,7 @@ def _reconstruct_one(config, loaded, path, out_root, checkpoint, taken, rows, fa
         results[out_dir.name]["splat"] = rec.splat
         if "error" in rec.splat:  # the other files are written; the image still counts as failed
             failed[str(path)] = f"{path}: {rec.splat['error']}"
-            _error(f"{path}: {rec.splat['error']} (no gaussians.ply written; the other files are)")
+            print_error(f"{path}: {rec.splat['error']} (no gaussians.ply written; the other files are)")
     CONSOLE.print(f"{path} -> {out_dir} ({rec.num_vertices} vertices, iso-level {rec.iso_level:.3g})", highlight=False)
 
 

@@ -37,6 +37,7 @@ from lrm_nerfstudio.io.checkpoint_files import (
 )
 from lrm_nerfstudio.io.checkpoints import ModelLoadError
 from lrm_nerfstudio.io.state_keys import load_stable_state
+from lrm_nerfstudio.quiet import print_error
 
 _NO_VIEWER = {"viewer": "tensorboard", "viewer_legacy": "tensorboard", "viewer+wandb": "wandb",
               "viewer+tensorboard": "tensorboard", "viewer+comet": "comet"}  # fmt: skip
@@ -113,11 +114,10 @@ def _eval_load_checkpoint_with_fallback(config, pipeline):
         where = checkpoint_to_load(config)
         return original(config, pipeline)
     except ModelLoadError as err:
-        CONSOLE.print(f"[bold red]error:[/bold red] {err}", soft_wrap=True, highlight=False)
+        print_error(str(err))
         sys.exit(2)
     except Exception as err:  # noqa: BLE001 (torch.load and load_state_dict raise many types for a bad file)
-        CONSOLE.print(f"[bold red]error:[/bold red] {where}: cannot load the checkpoint ({load_failure(where, err)})",
-                      soft_wrap=True, highlight=False)  # fmt: skip
+        print_error(f"{where}: cannot load the checkpoint ({load_failure(where, err)})")
         sys.exit(2)
 
 
